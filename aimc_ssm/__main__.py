@@ -1,0 +1,65 @@
+"""Command line: `python -m aimc_ssm train ...` and `python -m aimc_ssm devices ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .model import ModelConfig
+from .train import DEFAULT_CACHE, TrainConfig, config_key, train
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One --flag per dataclass field, typed from its default."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default, metavar="BOOL")
+        elif default is None or isinstance(default, str):
+            parser.add_argument(flag, type=str, default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+
+
+def pick(args: argparse.Namespace, cls):
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aimc_ssm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_train = sub.add_parser("train", help="train an S4D classifier (float); resumable")
+    model_group = p_train.add_argument_group("model")
+    add_dataclass_flags(model_group, ModelConfig)
+    train_group = p_train.add_argument_group("training")
+    add_dataclass_flags(train_group, TrainConfig)
+    p_train.add_argument("--run-dir", type=Path, default=None, help=f"default: {DEFAULT_CACHE}/float-<config hash>")
+    p_train.add_argument("--no-progress", action="store_true")
+
+    p_dev = sub.add_parser("devices", help="list device files or print a resolved RPU config")
+    p_dev.add_argument("rest", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            model_cfg, train_cfg = pick(args, ModelConfig), pick(args, TrainConfig)
+            run_dir = args.run_dir or DEFAULT_CACHE / f"float-{config_key(model_cfg, train_cfg)}"
+            _, metrics = train(model_cfg, train_cfg, run_dir, progress=not args.no_progress)
+            summary = {k: metrics[k] for k in ("best_val_acc", "test_acc_conv", "test_acc_recurrent", "epochs", "train_seconds", "device")}
+            print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
+        else:
+            from .devices import main as devices_main
+
+            return devices_main(args.rest)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

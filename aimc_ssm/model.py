@@ -1,0 +1,152 @@
+"""The S4D classifier: Linear encoder -> n_layers S4D blocks -> mean pool -> Linear decoder.
+
+A block is SSM -> activation (GELU or none) -> 1x1 mixing (Linear H->2H + GLU, or Linear H->H + ReLU)
+-> dropout, with optional pre/post norm and a residual. Layout (batch, length, channels), so every
+mixing stage is an `nn.Linear` that an analog tile can replace.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .s4d import A_INITS, DISCRETIZATIONS, S4D, check_sizes
+
+ACTIVATIONS = ("gelu", "none")
+MIXINGS = ("glu", "relu")
+NORMS = ("none", "layer", "batch")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an S4D classifier. The defaults are the [Z25] sMNIST model (3,850 parameters)."""
+
+    d_input: int = 1  # input channels per step
+    d_output: int = 10  # classes
+    d_model: int = 16  # H, channels
+    d_state: int = 64  # N, real state size per channel (N/2 complex modes)
+    n_layers: int = 1
+    activation: str = "gelu"  # after the SSM: "gelu" [Z25] or "none" [S25]
+    mixing: str = "glu"  # "glu": Linear(H, 2H) + GLU; "relu": Linear(H, H) + ReLU
+    norm: str = "none"  # "none", "layer" or "batch"
+    prenorm: bool = False  # norm before the SSM (True) or after the residual (False)
+    residual: bool = True
+    dropout: float = 0.0
+    trainable_B: bool = True  # [Z25] trains B; [S25] fixes B = 1
+    a_init: str = "lin"  # "lin": Im A = π·n; "lin-quarter": π/4·n
+    discretization: str = "zoh"  # "zoh" or "bilinear"
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+
+    def __post_init__(self):
+        check_sizes(self.d_model, self.d_state)
+        for name in ("d_input", "d_output", "n_layers"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, allowed in (
+            ("activation", ACTIVATIONS),
+            ("mixing", MIXINGS),
+            ("norm", NORMS),
+            ("a_init", A_INITS),
+            ("discretization", DISCRETIZATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm or BatchNorm over the channel axis of (B, L, H) tensors."""
+
+    def __init__(self, kind: str, H: int):
+        super().__init__()
+        self.kind = kind
+        self.norm = nn.LayerNorm(H) if kind == "layer" else nn.BatchNorm1d(H)
+
+    def forward(self, x):
+        if self.kind == "layer":
+            return self.norm(x)
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)  # BatchNorm1d wants (B, H, L)
+
+
+class S4DBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        H = cfg.d_model
+        self.prenorm, self.residual = cfg.prenorm, cfg.residual
+        self.ssm = S4D(
+            H,
+            cfg.d_state,
+            trainable_B=cfg.trainable_B,
+            a_init=cfg.a_init,
+            discretization=cfg.discretization,
+            dt_min=cfg.dt_min,
+            dt_max=cfg.dt_max,
+        )
+        self.activation = nn.GELU() if cfg.activation == "gelu" else nn.Identity()
+        if cfg.mixing == "glu":
+            self.mixing, self.mixing_activation = nn.Linear(H, 2 * H), nn.GLU(dim=-1)
+        else:
+            self.mixing, self.mixing_activation = nn.Linear(H, H), nn.ReLU()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = ChannelNorm(cfg.norm, H) if cfg.norm != "none" else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:  # (B, L, H)
+        z = self.norm(x) if self.prenorm else x
+        z = self.activation(self.ssm(z, mode))
+        z = self.dropout(self.mixing_activation(self.mixing(z)))
+        if self.residual:
+            z = z + x
+        return z if self.prenorm else self.norm(z)
+
+
+class S4DModel(nn.Module):
+    """Sequence classifier: (B, L, d_input) -> logits (B, d_output)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = nn.Linear(cfg.d_input, cfg.d_model)
+        self.blocks = nn.ModuleList(S4DBlock(cfg) for _ in range(cfg.n_layers))
+        self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
+
+    def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.cfg.d_input:
+            raise ValueError(
+                f"expected input of shape (batch, length, {self.cfg.d_input}), got {tuple(x.shape)}; "
+                "the layout is (batch, length, channels)"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or Inf; clean or re-normalise the data first")
+        z = self.encoder(x)  # (B, L, H)
+        for block in self.blocks:
+            z = block(z, mode)
+        return self.decoder(z.mean(dim=1))  # (B, d_output)
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, ssm_lr: float = 1e-3):
+    """AdamW groups as the reference S4 code: log_dt and A with their own lr and no weight decay."""
+    ssm_names = ("log_dt", "log_A_real", "A_imag")
+    ssm, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (ssm if name.rsplit(".", 1)[-1] in ssm_names else rest).append(p)
+    return [
+        {"params": rest, "lr": lr, "weight_decay": weight_decay},
+        {"params": ssm, "lr": ssm_lr, "weight_decay": 0.0},
+    ]

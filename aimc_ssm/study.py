@@ -1,0 +1,86 @@
+"""What every study script shares: a resumable tidy results table, atomic figures, common flags.
+
+A study writes one row per measurement to results/<study>/results.csv. The table is rewritten
+atomically after every row, and a row whose key columns are already present is skipped, so a killed
+sweep resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS = Path("results")
+
+
+class ResultTable:
+    """One CSV of measurements, identified by `key_columns`, written atomically row by row."""
+
+    def __init__(self, path: Path, key_columns: list[str]):
+        self.path, self.key_columns = Path(path), list(key_columns)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            frame = pd.read_csv(self.path)
+            missing = set(self.key_columns) - set(frame.columns)
+            if missing:
+                raise ValueError(
+                    f"{self.path} lacks key columns {sorted(missing)}: it was written by another version "
+                    "of this study; delete it (or pass another --out) to start afresh"
+                )
+            self.rows = frame.to_dict("records")
+        self._keys = {self._key(r) for r in self.rows}
+
+    def _key(self, row: dict) -> tuple:
+        return tuple(str(row[c]) for c in self.key_columns)
+
+    def done(self, **key) -> bool:
+        return self._key(key) in self._keys
+
+    def add(self, row: dict) -> None:
+        missing = set(self.key_columns) - set(row)
+        if missing:
+            raise ValueError(f"row lacks key columns {sorted(missing)}")
+        self.rows.append(row)
+        self._keys.add(self._key(row))
+        atomic_write(self.path, lambda f: self.frame().to_csv(f, index=False))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+def atomic_write(path: Path, write, mode: str = "w") -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure atomically (format from the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(Path(path), lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight"), "wb")
+    plt.close(fig)
+
+
+def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """Flags every study has; a study adds its own."""
+    parser = argparse.ArgumentParser(prog=f"studies/{name}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sweep that finishes in about a minute on 2 cores")
+    parser.add_argument("--out", type=Path, default=RESULTS / name, help="output directory (default: %(default)s)")
+    parser.add_argument("--dataset", default="smnist", help="dataset name (default: %(default)s, the embedded MNIST digits)")
+    parser.add_argument("--data-dir", default=None, help="directory of the mnist / scifar files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compute", default="auto", choices=["auto", "cpu", "cuda"], help="torch device for training and evaluation")
+    parser.add_argument("--models-dir", type=Path, default=RESULTS / "models", help="trained-model cache (default: %(default)s)")
+    return parser

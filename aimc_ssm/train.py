@@ -1,0 +1,261 @@
+"""Seeded, resumable training with atomic best-val checkpoints and a trained-model cache.
+
+A run directory holds
+    last.pt       model + optimizer + scheduler state after the latest epoch (resume point)
+    best.pt       the best-validation model, with its full config, metrics and package versions
+    metrics.json  written when the run has finished: per-epoch history and test accuracy in both modes
+All files are written atomically (temporary file, then rename), so a kill never leaves half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import SequenceData, load_dataset, make_loaders
+from .model import ModelConfig, S4DModel, parameter_groups
+
+DEFAULT_CACHE = Path("results/models")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. The defaults train the [Z25] model on the embedded sMNIST digits."""
+
+    dataset: str = "smnist"  # see aimc_ssm.data.DATASETS
+    data_dir: str | None = None  # directory with the files of "mnist" / "scifar"
+    permuted: bool = False
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 100
+    lr: float = 2e-2  # AdamW lr of everything but the SSM's log_dt and A
+    weight_decay: float = 0.01
+    ssm_lr: float = 1e-3  # lr of log_dt and A, which get no weight decay
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    mode: str = "conv"  # training forward: "conv" (fast) or "recurrent" (exact deployment, slow)
+
+    def __post_init__(self):
+        if self.mode not in ("conv", "recurrent"):
+            raise ValueError(f"mode must be 'conv' or 'recurrent', got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown train config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    try:
+        import aihwkit
+
+        versions["aihwkit"] = str(aihwkit.__version__)
+    except ImportError:
+        pass
+    from . import __version__
+
+    versions["aimc_ssm"] = __version__
+    return versions
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save (or JSON for dicts with .json suffix) to a temporary file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".json":
+                f.write(json.dumps(obj, indent=2).encode())
+            else:
+                torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, mode: str = "conv", device: torch.device | str = "cpu") -> float:
+    """Accuracy of `model` on `loader` in convolution or recurrent mode."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += (model(x, mode).argmax(-1) == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
+def cosine_lambda(total_steps: int) -> Callable[[int], float]:
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def fit(
+    model: nn.Module,
+    data: SequenceData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` (in cfg.mode); resume from run_dir/last.pt if present.
+
+    Returns the metrics dict (also written to run_dir/metrics.json). `meta` (configs of the model
+    and of anything applied to it, such as a precision spec) goes into every checkpoint.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    train_loader, val_loader, test_loader = make_loaders(data, cfg.batch_size, cfg.seed)
+    opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.ssm_lr))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg.epochs * len(train_loader)))
+    meta = {"train": asdict(cfg), **(meta or {}), "versions": package_versions()}
+
+    history, best_val, start = [], -1.0, 0
+    if (run_dir / "last.pt").exists():
+        state = load_checkpoint(run_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history, best_val, start = state["history"], state["best_val"], state["epoch"]
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        train_loader.generator.manual_seed(cfg.seed + epoch)  # batch order a resumed run reproduces
+        model.train()
+        loss_sum = n = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            loss = nn.functional.cross_entropy(model(x, cfg.mode), y)
+            if not torch.isfinite(loss):
+                raise DivergenceError(
+                    f"loss became {loss.item()} in epoch {epoch + 1}; lower --lr (now {cfg.lr}) "
+                    "or raise the bit widths of the quantized components"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(y)
+            n += len(y)
+            bar.set_postfix(loss=f"{loss_sum / n:.3f}")
+        val_acc = evaluate(model, val_loader, "conv", device)
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "val_acc": val_acc, "seconds": time.time() - t0})
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {loss_sum / n:.4f}  val {val_acc:.4f}  ({time.time() - t0:.1f}s)")
+        if val_acc > best_val:
+            best_val = val_acc
+            atomic_save({"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val_acc": val_acc}, run_dir / "best.pt")
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "best_val": best_val,
+                "epoch": epoch + 1,
+            },
+            run_dir / "last.pt",
+        )
+
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    metrics = {
+        "best_val_acc": best_val,
+        "test_acc_conv": evaluate(model, test_loader, "conv", device),
+        "test_acc_recurrent": evaluate(model, test_loader, "recurrent", device),
+        "epochs": cfg.epochs,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "device": str(device),
+        "history": history,
+        **meta,
+    }
+    atomic_save(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+def config_key(*configs) -> str:
+    """Stable short hash of dataclasses/dicts; the training device is not part of a model's identity."""
+    payload = []
+    for c in configs:
+        d = asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c)
+        d.pop("device", None)
+        payload.append(d)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, progress: bool = True):
+    """Build, train and return (model, metrics); resumes an interrupted run in run_dir."""
+    data = load_dataset(train_cfg.dataset, root=train_cfg.data_dir, permuted=train_cfg.permuted, seed=train_cfg.seed)
+    check_data_fits(model_cfg, data)
+    torch.manual_seed(train_cfg.seed)
+    model = S4DModel(model_cfg)
+    metrics = fit(model, data, train_cfg, run_dir, {"model": model_cfg.to_dict()}, progress)
+    return model.cpu(), metrics
+
+
+def check_data_fits(model_cfg: ModelConfig, data: SequenceData) -> None:
+    if (model_cfg.d_input, model_cfg.d_output) != (data.d_input, data.d_output):
+        raise ValueError(
+            f"model has d_input={model_cfg.d_input}, d_output={model_cfg.d_output} but dataset "
+            f"{data.name!r} has {data.d_input} input channels and {data.d_output} classes; set them to match"
+        )
+
+
+def load_model(run_dir: Path) -> tuple[S4DModel, dict]:
+    """The best-val float model of a finished run and its metrics."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise FileNotFoundError(f"{run_dir} holds no finished training run (no metrics.json); train it first")
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    model = S4DModel(ModelConfig.from_dict(ckpt["meta"]["model"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), json.loads((run_dir / "metrics.json").read_text())
+
+
+def trained_model(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, cache_dir: Path = DEFAULT_CACHE, progress: bool = True
+) -> tuple[S4DModel, dict]:
+    """The float model for these configs: trained once, then read from cache_dir/<config hash>/."""
+    run_dir = Path(cache_dir) / f"float-{config_key(model_cfg, train_cfg)}"
+    if (run_dir / "metrics.json").exists():
+        return load_model(run_dir)
+    model, metrics = train(model_cfg, train_cfg, run_dir, progress)
+    return model.eval(), metrics

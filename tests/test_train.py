@@ -1,0 +1,89 @@
+"""Training: determinism, atomic checkpoints loadable with weights_only, resume after a kill, cache, CLI."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from aimc_ssm import ModelConfig
+from aimc_ssm import train as train_mod
+from aimc_ssm.__main__ import main as cli
+from aimc_ssm.train import TrainConfig, load_model, train, trained_model
+
+TINY = ModelConfig(d_model=8, d_state=8)
+FAST = TrainConfig(dataset="digits", epochs=2, batch_size=32, lr=3e-2, ssm_lr=1e-2, device="cpu")
+
+
+def test_training_is_deterministic_and_learns(tmp_path):
+    longer = replace(FAST, epochs=5)
+    _, a = train(TINY, longer, tmp_path / "a", progress=False)
+    _, b = train(TINY, longer, tmp_path / "b", progress=False)
+    assert a["history"] == [dict(h, seconds=h2["seconds"]) for h, h2 in zip(b["history"], a["history"])]
+    assert a["test_acc_conv"] == b["test_acc_conv"] and a["test_acc_conv"] > 0.4  # 10 classes: chance is 0.1
+    assert a["test_acc_conv"] == a["test_acc_recurrent"]
+
+
+def test_checkpoint_has_config_metrics_versions_and_loads_weights_only(tmp_path):
+    train(TINY, FAST, tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ckpt["meta"]["model"] == TINY.to_dict() and ckpt["meta"]["train"]["dataset"] == "digits"
+    assert "torch" in ckpt["meta"]["versions"] and 0 <= ckpt["val_acc"] <= 1
+    model, metrics = load_model(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    _, full = train(TINY, FAST, tmp_path / "full", progress=False)
+
+    calls = {"n": 0}
+    real_evaluate = train_mod.evaluate
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, FAST, tmp_path / "killed", progress=False)
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    _, resumed = train(TINY, FAST, tmp_path / "killed", progress=False)
+    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in full["history"]]
+    assert resumed["test_acc_conv"] == full["test_acc_conv"]
+
+
+def test_cache_trains_once(tmp_path, monkeypatch):
+    first, m1 = trained_model(TINY, FAST, tmp_path, progress=False)
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: pytest.fail("cached model was retrained"))
+    second, m2 = trained_model(TINY, FAST, tmp_path, progress=False)
+    assert m1 == m2
+    for p, q in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_cli_train_prints_both_modes(tmp_path, capsys):
+    args = ["train", "--dataset", "digits", "--d-model", "4", "--d-state", "4", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    assert cli(args + ["--run-dir", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test_acc_conv"] == out["test_acc_recurrent"] and out["epochs"] == 1
+
+
+def test_cli_reports_bad_input_clearly(capsys):
+    assert cli(["train", "--dataset", "imagenet", "--epochs", "1"]) == 2
+    assert "imagenet" in capsys.readouterr().err
+    assert cli(["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"]) == 2
+    assert "/nonexistent/dir" in capsys.readouterr().err
+
+
+def test_bad_train_config():
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="mode"):
+        TrainConfig(mode="parallel")
+    with pytest.raises(ValueError, match="unknown train config keys"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="input channels"):
+        train(ModelConfig(d_input=3, d_model=4, d_state=4), FAST, "unused", progress=False)
