@@ -34,7 +34,7 @@ fi
 
 # 3. the pinned rest and this package; never torchvision, never aihwkit's own dependency list.
 pip install -r requirements.txt
-"$PY" -c "import aimc_ssm" 2>/dev/null || pip install --no-build-isolation --no-deps -e .
+"$PY" -m pip show aimc-ssm >/dev/null 2>&1 || pip install --no-build-isolation --no-deps -e .
 
 # 4. self-check: a compiled-tile and a pure-PyTorch-tile layer both run forward and backward.
 "$PY" - <<'PYCHECK'
