@@ -40,21 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--run-dir", type=Path, default=None, help=f"default: {DEFAULT_CACHE}/float-<config hash>")
     p_train.add_argument("--no-progress", action="store_true")
 
-    p_dev = sub.add_parser("devices", help="list device files or print a resolved RPU config")
-    p_dev.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("devices", help="list device files or print a resolved RPU config (devices --help)", add_help=False)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["devices"]:  # its own parser takes every flag after the word
+        from .devices import main as devices_main
+
+        return devices_main(argv[1:])
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            model_cfg, train_cfg = pick(args, ModelConfig), pick(args, TrainConfig)
-            run_dir = args.run_dir or DEFAULT_CACHE / f"float-{config_key(model_cfg, train_cfg)}"
-            _, metrics = train(model_cfg, train_cfg, run_dir, progress=not args.no_progress)
-            summary = {k: metrics[k] for k in ("best_val_acc", "test_acc_conv", "test_acc_recurrent", "epochs", "train_seconds", "device")}
-            print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
-        else:
-            from .devices import main as devices_main
-
-            return devices_main(args.rest)
+        model_cfg, train_cfg = pick(args, ModelConfig), pick(args, TrainConfig)
+        run_dir = args.run_dir or DEFAULT_CACHE / f"float-{config_key(model_cfg, train_cfg)}"
+        _, metrics = train(model_cfg, train_cfg, run_dir, progress=not args.no_progress)
+        summary = {k: metrics[k] for k in ("best_val_acc", "test_acc_conv", "test_acc_recurrent", "epochs", "train_seconds", "device")}
+        print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,11 +9,21 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
+from .model import ModelConfig
+from .train import TrainConfig
+
 RESULTS = Path("results")
+
+# Training budgets of the studies: (float epochs, QAT fine-tuning epochs, test samples evaluated).
+# The full float budget is half the `train` default (95 % on smnist in 40 epochs, about 94 % in 20)
+# so that a study on a fresh machine finishes in minutes; --epochs overrides it.
+FULL_BUDGET = (20, 5, None)
+QUICK_BUDGET = (3, 1, 100)
 
 
 class ResultTable:
@@ -83,4 +93,31 @@ def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compute", default="auto", choices=["auto", "cpu", "cuda"], help="torch device for training and evaluation")
     parser.add_argument("--models-dir", type=Path, default=RESULTS / "models", help="trained-model cache (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help="float training epochs (default: 20; 3 with --quick)")
+    parser.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default: 5; 1 with --quick)")
+    parser.add_argument("--d-model", type=int, default=16, help="H (default: the [Z25] model, H=16)")
+    parser.add_argument("--d-state", type=int, default=64, help="N (default: 64)")
+    parser.add_argument("--n-layers", type=int, default=1)
     return parser
+
+
+@dataclass
+class StudySetup:
+    """The models a study compares: the float model's configs, QAT fine-tuning, the test subset."""
+
+    model: ModelConfig
+    train: TrainConfig  # float training
+    finetune: TrainConfig  # QAT fine-tuning from the float model ([Z25]: Adam-style lr 1e-3)
+    test_samples: int | None  # None: the whole test split
+
+
+def study_setup(args: argparse.Namespace) -> StudySetup:
+    """Resolve the common flags into configs; models with equal configs are shared through the cache."""
+    from .data import load_dataset
+
+    epochs, qat_epochs, test_samples = QUICK_BUDGET if args.quick else FULL_BUDGET
+    data = load_dataset(args.dataset, root=args.data_dir, seed=args.seed)
+    model = ModelConfig(d_input=data.d_input, d_output=data.d_output, d_model=args.d_model, d_state=args.d_state, n_layers=args.n_layers)
+    train = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, epochs=args.epochs or epochs, device=args.compute)
+    finetune = replace(train, epochs=args.qat_epochs or qat_epochs, lr=1e-3, ssm_lr=1e-3)
+    return StudySetup(model, train, finetune, test_samples)
