@@ -98,6 +98,7 @@ class S4DBlock(nn.Module):
             dt_max=cfg.dt_max,
         )
         self.activation = nn.GELU() if cfg.activation == "gelu" else nn.Identity()
+        self.act_quant = nn.Identity()  # quantization hook: aimc_ssm.quantize.quantize_ puts the activation quantizer here
         if cfg.mixing == "glu":
             self.mixing, self.mixing_activation = nn.Linear(H, 2 * H), nn.GLU(dim=-1)
         else:
@@ -107,7 +108,7 @@ class S4DBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:  # (B, L, H)
         z = self.norm(x) if self.prenorm else x
-        z = self.activation(self.ssm(z, mode))
+        z = self.act_quant(self.activation(self.ssm(z, mode)))
         z = self.dropout(self.mixing_activation(self.mixing(z)))
         if self.residual:
             z = z + x

@@ -10,6 +10,12 @@ Per channel h (H channels) and complex mode n (N/2 modes; conjugate symmetry kee
 Everything downstream (quantization, analog tiles, metrics) reads the discrete system from
 `S4D.ssm_parameters()`, so the two modes and every simulator see the same numbers.
 Layout is (batch, length, channels) throughout.
+
+Quantization hook: `S4D.quant` is None (float) or the SSMQuantization that
+`aimc_ssm.quantize.quantize_` attaches. With it, `ssm_parameters()` returns the quantized system,
+convolution mode passes the kernel and input through `quant.conv_operands`, and when
+`quant.requantizes_state` the recurrence (`step`, `scan`) runs `quant.step` / `quant.scan`, which
+re-quantize the state every step. Without it every result is that of the float layer, bit for bit.
 """
 from __future__ import annotations
 
@@ -133,6 +139,7 @@ class S4D(nn.Module):
         # C ~ complex normal with unit variance
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, n, dtype=torch.cfloat)))  # (H, n, 2)
         self.D = nn.Parameter(torch.randn(H))  # (H,)
+        self.quant = None  # quantization hook, see the module docstring
 
     # -- parameters ---------------------------------------------------------------------
     def continuous_parameters(self):
@@ -142,13 +149,17 @@ class S4D(nn.Module):
         return dt, A, torch.view_as_complex(self.B), torch.view_as_complex(self.C)
 
     def ssm_parameters(self):
-        """The deployed discrete system: Ā (H,n), B̄ (H,n), C (H,n) complex; D (H,) real."""
+        """The deployed discrete system: Ā (H,n), B̄ (H,n), C (H,n) complex; D (H,) real.
+
+        Quantized when a quantization is attached (then Ā, B̄, C, D are those on the grid)."""
+        if self.quant is not None:
+            return self.quant.ssm_parameters(self)
         dt, A, B, C = self.continuous_parameters()
         dA, dB = discretize(dt, A, B, self.discretization)
         return dA, dB, C, self.D
 
-    def kernel(self, L: int) -> torch.Tensor:
-        dA, dB, C, _ = self.ssm_parameters()
+    def kernel(self, L: int, params=None) -> torch.Tensor:
+        dA, dB, C, _ = self.ssm_parameters() if params is None else params
         return vandermonde_kernel(dA, dB, C, L)  # (H, L)
 
     # -- the two modes --------------------------------------------------------------------
@@ -161,15 +172,21 @@ class S4D(nn.Module):
         raise ValueError(f"unknown mode {mode!r}; choose 'conv' or 'recurrent'")
 
     def forward_conv(self, u: torch.Tensor) -> torch.Tensor:
-        K = self.kernel(u.shape[1])  # (H, L)
-        return fft_conv(u, K) + self.D * u  # (B, L, H)
+        params = self.ssm_parameters()
+        K, u_conv, D = self.kernel(u.shape[1], params), u, params[3]  # (H, L), (B, L, H), (H,)
+        if self.quant is not None:  # the conv-mode stand-in for the state's precision, if any
+            K, u_conv = self.quant.conv_operands(K, u)
+        return fft_conv(u_conv, K) + D * u  # (B, L, H)
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.d_model, self.d_state // 2, dtype=torch.cfloat, device=self.D.device)
 
     def step(self, u_t: torch.Tensor, x: torch.Tensor, params=None):
         """One recurrent step: u_t (B, H), state x (B, H, n) -> (y_t (B, H), x_t)."""
-        dA, dB, C, D = self.ssm_parameters() if params is None else params
+        params = self.ssm_parameters() if params is None else params
+        if self.quant is not None and self.quant.requantizes_state:
+            return self.quant.step(u_t, x, params)
+        dA, dB, C, D = params
         x = dA * x + dB * u_t[..., None]  # (B, H, n)
         y = 2 * (C * x).sum(-1).real + D * u_t  # (B, H)
         return y, x
@@ -177,6 +194,8 @@ class S4D(nn.Module):
     def scan(self, u: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Whole sequence in recurrent mode: u (B, L, H) -> y (B, L, H)."""
         params = self.ssm_parameters()  # discretize once, not every step
+        if self.quant is not None and self.quant.requantizes_state:
+            return self.quant.scan(u, params, x)
         x = self.initial_state(u.shape[0]) if x is None else x
         ys = []
         for t in range(u.shape[1]):

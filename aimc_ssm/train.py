@@ -44,10 +44,13 @@ class TrainConfig:
     ssm_lr: float = 1e-3  # lr of log_dt and A, which get no weight decay
     device: str = "auto"  # "auto", "cpu" or "cuda"
     mode: str = "conv"  # training forward: "conv" (fast) or "recurrent" (exact deployment, slow)
+    val_mode: str | None = None  # mode that picks the best epoch; None: the training mode
 
     def __post_init__(self):
         if self.mode not in ("conv", "recurrent"):
             raise ValueError(f"mode must be 'conv' or 'recurrent', got {self.mode!r}")
+        if self.val_mode not in (None, "conv", "recurrent"):
+            raise ValueError(f"val_mode must be 'conv', 'recurrent' or None (the training mode), got {self.val_mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -176,7 +179,7 @@ def fit(
             loss_sum += loss.item() * len(y)
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}")
-        val_acc = evaluate(model, val_loader, "conv", device)
+        val_acc = evaluate(model, val_loader, cfg.val_mode or cfg.mode, device)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "val_acc": val_acc, "seconds": time.time() - t0})
         if progress:
             tqdm.write(f"epoch {epoch + 1}: loss {loss_sum / n:.4f}  val {val_acc:.4f}  ({time.time() - t0:.1f}s)")

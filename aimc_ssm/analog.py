@@ -1,0 +1,540 @@
+"""S4D on analog in-memory computing crossbars (aihwkit): the fused single-step kernel [S24] and model mapping.
+
+One crossbar per SSM channel h computes a whole recurrent step in one matrix-vector product. In
+aihwkit's orientation a tile holds W (outputs, inputs) and computes W @ input:
+
+                  u_t     x_{t-1} (N reals)          u_{t-1}
+    x_t (N)    [  B̄        Ā  (2×2 blocks)            0   ]
+    y_{t-1}    [  0        C̄  (2·Re C, -2·Im C)       D   ]
+
+Complex modes are real pairs (Re, Im), interleaved, so Ā is block diagonal with [[Re, -Im], [Im, Re]]
+blocks, B̄ enters as (Re B̄, Im B̄) and y = 2·Re(C·x) = C̄·x.
+
+Time index and skip term. The y column reads x_{t-1}, so step t outputs y_{t-1} = C̄ x_{t-1} + D u_{t-1}.
+D sits on an extra input row driven by u_{t-1}, held one step in a digital register: the skip term
+pairs with its own step and stays on the crossbar with the rest of the SSM (a D cell on the u_t row
+would be right only for D = 0, the case [S24] deploys). L inputs take L + 1 steps: the first output
+(y_{-1}) is dropped, a last step with u_L = 0 flushes y_{L-1}, and the output is aligned back to y_t.
+
+Scaling, with aihwkit's own mechanisms on every crossbar (an `AnalogLinear` tile):
+  weights  aihwkit's weight_scaling_omega mapping: W is divided by α = max|W|/ω so the largest weight
+           reaches g_max, per output column where mapping.weight_scaling_columnwise is set (the shipped
+           devices set it: the state columns and the y column have very different ranges); α is
+           multiplied back in digital. ω is mapping.weight_scaling_omega, or 1 where a device leaves it 0.
+  inputs   a static DAC range per crossbar, aihwkit's input range (pre_post.input_range, switched on for
+           the crossbars of any device with converters): inputs are clipped to ±r_h and divided by r_h
+           before the DAC, outputs multiplied by r_h. The state grows well beyond 1, so r_h is
+           calibrated from the float model's |u| and |x| (`to_analog(..., calibration_inputs=x)`).
+  ADC      forward.out_bound is in units of the normalized product (|input| ≤ 1, |weight| ≤ 1). A state
+           column then reads about x_t / r_h, within ±1, so an ADC range of 1-2 suits the kernel; with
+           aihwkit's default out_bound 12 a 4-bit ADC rounds every state to 0, and 8 bits leave under 5.
+           Pass a kernel-specific config as `to_analog(..., ssm_rpu_config=...)`.
+Digital around the crossbar: the ADC's state passes the state quantizer of a PTQ/QAT model (its
+`quant.state`, where the model re-quantizes the state) and is fed back through the DAC next step; y is
+aligned back to y_t. A PTQ/QAT model's quantized Ā, B̄, C, D are what the crossbars hold; its
+partial-product quantizers have no place here, as Ā x and B̄ u add up in the analog column.
+
+Execution: all H crossbars and the whole batch advance in one vectorized step, `CrossbarStack.step`
+(aihwkit's torch-tile forward for static ranges, in place) or, for noise or bound management, its
+twin `CrossbarStack.step_ref` = `AnalogMVM.matmul` on the (H, out, in) stack. `FusedS4D.scan_ref`
+is the per-channel loop of the same aihwkit tiles, and is what compiled (C++) tiles run, as only their
+own forward simulates forward.w_noise.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .model import S4DModel
+from .s4d import S4D, check_input
+
+DRIFT_TIMES = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0, "1y": 365 * 86400.0}  # t_inference, seconds
+
+
+# -- crossbar layout ----------------------------------------------------------------------------
+def crossbar_matrices(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Discrete system (Ā, B̄, C (H, n) complex; D (H,)) -> crossbar weights W (H, N+1, N+2), N = 2n."""
+    H, n = dA.shape
+    N = 2 * n
+    W = dA.real.new_zeros(H, N + 1, N + 2)
+    re, im = torch.arange(0, N, 2), torch.arange(1, N, 2)  # state rows; state inputs are columns 1 + row
+    W[:, re, 0], W[:, im, 0] = dB.real, dB.imag  # B̄ u_t
+    W[:, re, 1 + re], W[:, re, 1 + im] = dA.real, -dA.imag  # Ā x_{t-1}, one 2×2 block per mode
+    W[:, im, 1 + re], W[:, im, 1 + im] = dA.imag, dA.real
+    W[:, N, 1 + re], W[:, N, 1 + im] = 2 * C.real, -2 * C.imag  # C̄ x_{t-1}
+    W[:, N, N + 1] = D  # D u_{t-1}
+    return W
+
+
+def crossbar_level_steps(ssm: S4D) -> torch.Tensor | None:
+    """Grid step of every crossbar cell (H, N+1, N+2) a PTQ/QAT quantizer put on a uniform grid, else 0.
+
+    Cells are then integer levels times their step. Ā and B̄ are on a grid where they are quantized
+    after discretization, Ā in cartesian form only (polar Ā is on a grid of |Ā| and ∠Ā); C, D always.
+    """
+    from .quantizers import to_planes
+    from .s4d import discretize
+
+    quant = ssm.quant
+    if quant is None:
+        return None
+    dt, A, B, C = ssm.continuous_parameters()
+    dA, dB = discretize(dt, A, B, ssm.discretization)
+
+    def steps(quantizer, z):  # complex (H, n): the steps of (Re, Im), 0 off a uniform cartesian grid
+        parts = getattr(quantizer, "parts", quantizer)
+        if parts.is_float or getattr(quantizer, "form", "cartesian") != "cartesian":
+            return torch.zeros_like(z)
+        planes = to_planes(z) if z.is_complex() else z
+        grid = parts.grid(planes)  # levels scale·(q + offset)
+        if grid.offset:  # 1-bit symmetric levels ±r/2 sit between integers
+            return torch.zeros_like(z)
+        scale = torch.as_tensor(grid.scale).expand_as(planes)
+        return torch.complex(scale[0], scale[1]) if z.is_complex() else scale
+
+    if quant.parameterization == "continuous":  # A and B were quantized before discretization
+        step_A = step_B = torch.zeros_like(dA)
+    else:
+        step_A, step_B = steps(quant.A, dA), steps(quant.B, dB)
+    return crossbar_matrices(step_A, step_B, steps(quant.C, C), steps(quant.D, ssm.D)).abs()
+
+
+def real_state(x: torch.Tensor) -> torch.Tensor:
+    """Complex state (B, H, n) -> crossbar layout (H, B, N): (Re, Im) pairs interleaved."""
+    B, H, n = x.shape
+    return torch.view_as_real(x.transpose(0, 1)).reshape(H, B, 2 * n)
+
+
+def complex_state(x: torch.Tensor) -> torch.Tensor:
+    """Crossbar layout (H, B, N) -> complex state (B, H, n)."""
+    H, B, N = x.shape
+    return torch.view_as_complex(x.reshape(H, B, N // 2, 2).contiguous()).transpose(0, 1)
+
+
+# -- all crossbars of a layer, one vectorized step -------------------------------------------------
+def fast_path_supports(io) -> bool:
+    """Whether `CrossbarStack.step` runs these IO settings: static ranges, one pass, no asymmetry."""
+    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType, NoiseManagementType
+
+    return io.is_perfect or (
+        io.mv_type == AnalogMVType.ONE_PASS
+        and io.noise_management in (NoiseManagementType.NONE, NoiseManagementType.CONSTANT)
+        and io.bound_management == BoundManagementType.NONE
+        and not (io.inp_asymmetry or io.out_asymmetry)
+    )
+
+
+class CrossbarStack:
+    """The H crossbars of a layer stacked for one vectorized step: (H, B, in) -> (H, B, out).
+
+    Reads the tiles' current (programmed, drifted) weights and digital scales once per sequence.
+    `step` is aihwkit's torch tile forward (input range, `AnalogMVM` for static ranges, mapping scales,
+    drift compensation) for all crossbars and the whole batch at once, in aihwkit's order of operations
+    and random draws but in place, in buffers reused every step: allocating fresh megabyte tensors
+    every step costs more than the arithmetic. `step_ref` is its twin, `AnalogMVM.matmul` itself on
+    the (H, out, in) stack; the two agree to the last bit, noise included.
+    """
+
+    def __init__(self, tiles: list, n_out: int):
+        self.io = tiles[0].rpu_config.forward
+        self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
+        self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
+
+        def per_column(values):  # per tile (1,) or (out,) -> (H, 1, out)
+            return torch.stack([v.detach().reshape(-1).expand(n_out) for v in values])[:, None]
+
+        mapping_scales = [t.get_mapping_scales() for t in tiles]
+        self.input_range = None
+        self.scale = per_column([self.weight.new_ones(1) if s is None else s for s in mapping_scales])
+        if tiles[0].input_range is not None:
+            self.input_range = torch.stack([t.input_range.detach().reshape(1, 1) for t in tiles])  # (H, 1, 1)
+            self.scale = self.input_range * self.scale  # post_forward: input range × mapping scales
+        compensated = tiles[0].rpu_config.drift_compensation is not None
+        self.drift_alpha = torch.stack([t.alpha.detach().reshape(1, 1) for t in tiles]) if compensated else None
+        learned = tiles[0].out_scaling_alpha is not None
+        self.out_scale = per_column(t.out_scaling_alpha for t in tiles) if learned else None
+        noisy_outputs = tiles[0].tile.out_noise_values is not None
+        self.out_noise_values = per_column(t.tile.out_noise_values for t in tiles) if noisy_outputs else None
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def buffer(self, name: str, shape: tuple) -> torch.Tensor:
+        if name not in self.buffers or self.buffers[name].shape != shape:
+            self.buffers[name] = self.weight.new_empty(shape)
+        return self.buffers[name]
+
+    def quantize_(self, x: torch.Tensor, res: float, bound: float, stochastic: bool) -> torch.Tensor:
+        """aihwkit's UniformQuantize (x/res, round, ×res; res = 2·bound/steps), in place."""
+        res = (1 / res if res > 1.0 else res) * 2 * bound
+        x.div_(res)
+        if stochastic:
+            x.add_(self.buffer("rounding", x.shape).uniform_(-0.5, 0.5))
+        return x.round_().mul_(res)
+
+    def step(self, inp: torch.Tensor) -> torch.Tensor:
+        """Digital inputs (H, B, in), overwritten -> digital outputs (H, B, out) in a buffer reused next step."""
+        from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+        io = self.io
+        H, B, _ = inp.shape
+        x = inp
+        out = self.buffer("output", (H, B, self.weight.shape[1]))
+        if self.input_range is not None:  # TorchInferenceTile.pre_forward
+            x.clamp_(-self.input_range, self.input_range).div_(self.input_range)
+        if io.is_perfect:
+            torch.bmm(x, self.weight_t, out=out)
+            return self.periphery_out_(out)
+        scale = 1.0 / io.nm_thres if io.noise_management == NoiseManagementType.CONSTANT and io.nm_thres > 0 else 1.0
+        if scale != 1.0:
+            x.mul_(scale)
+        if io.inp_res > 0:  # DAC
+            self.quantize_(x, io.inp_res, io.inp_bound, io.inp_sto_round)
+        if io.inp_bound > 0:
+            x.clamp_(-io.inp_bound, io.inp_bound)
+        if io.inp_noise > 0:
+            x.add_(self.buffer("input_noise", x.shape).normal_().mul_(io.inp_noise))
+        torch.bmm(x, self.weight_t, out=out)
+        if self.out_noise_values is not None:
+            out.add_(self.buffer("output_noise", out.shape).normal_().mul_(self.out_noise_values))
+        elif io.out_noise > 0:
+            out.add_(self.buffer("output_noise", out.shape).normal_().mul_(io.out_noise))
+        if io.out_res > 0:  # ADC
+            self.quantize_(out, io.out_res, io.out_bound, io.out_sto_round)
+        if io.out_bound > 0:
+            out.clamp_(-io.out_bound, io.out_bound)
+        if scale != 1.0 or io.out_scale != 1.0:
+            out.mul_(io.out_scale / scale)
+        return self.periphery_out_(out)
+
+    def periphery_out_(self, out: torch.Tensor) -> torch.Tensor:
+        """The tile's digital output scales, in aihwkit's order, in place."""
+        out.mul_(self.scale)
+        if self.drift_alpha is not None:
+            out.mul_(self.drift_alpha)  # global drift compensation (inference)
+        if self.out_scale is not None:
+            out.mul_(self.out_scale)
+        return out
+
+    def step_ref(self, inp: torch.Tensor) -> torch.Tensor:
+        """Reference twin of `step`: aihwkit's `AnalogMVM.matmul` on the (H, out, in) stack.
+
+        It runs noise and bound management too; its bound-management check is one for the whole stack
+        (aihwkit's torch tile decides once per batch), so clipping in one crossbar rescales all.
+        """
+        from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+        if self.out_noise_values is not None:
+            raise ValueError("AnalogMVM.matmul broadcasts out_noise_values for 2-D weights only; use step")
+        x = inp
+        if self.input_range is not None:
+            x = torch.clamp(x, -self.input_range, self.input_range) / self.input_range
+        return self.periphery_out_(AnalogMVM.matmul(self.weight, x, self.io, False, is_test=True))
+
+
+# -- the fused kernel ----------------------------------------------------------------------------
+def crossbar_config(rpu_config):
+    """The kernel's copy of a device config: a static, calibrated DAC range wherever there is a DAC."""
+    config = copy.deepcopy(rpu_config)
+    if not config.forward.is_perfect:
+        input_range = config.pre_post.input_range
+        input_range.enable, input_range.learn_input_range, input_range.init_from_data = True, False, 0
+    return config
+
+
+def check_crossbar_fits(mapping, n_in: int, n_out: int) -> None:
+    too_small = (0 < mapping.max_input_size < n_in) or (0 < mapping.max_output_size < n_out)
+    if too_small:
+        raise ValueError(
+            f"the fused kernel needs one {n_in}×{n_out} crossbar (inputs × outputs) per channel, but the device's "
+            f"tiles are {mapping.max_input_size}×{mapping.max_output_size}: raise tile_size to {max(n_in, n_out)} "
+            f"or use a smaller d_state"
+        )
+
+
+class FusedS4D(nn.Module):
+    """An S4D layer deployed as H fused crossbars (aihwkit tiles); (B, L, H) -> (B, L, H), recurrent, inference.
+
+    Built from a trained (float, PTQ or QAT) S4D through its `ssm_parameters()`. Programming noise and
+    drift act on the tiles (`program`); the forward reads their current weights and scales.
+    """
+
+    def __init__(self, ssm: S4D, rpu_config):
+        super().__init__()
+        from aihwkit.nn import AnalogLinear
+
+        self.d_model, self.d_state = ssm.d_model, ssm.d_state
+        n_in, n_out = self.d_state + 2, self.d_state + 1
+        config = crossbar_config(rpu_config)
+        check_crossbar_fits(config.mapping, n_in, n_out)
+        # state quantizer of a PTQ/QAT model: digital, applied to the state fed back every step
+        quant = ssm.quant
+        self.state_quantizer = quant.state if quant is not None and quant.requantizes_state else None
+        omega = config.mapping.weight_scaling_omega or 1.0
+        with torch.no_grad():
+            weights = crossbar_matrices(*(p.detach().cpu() for p in ssm.ssm_parameters()))
+            steps = crossbar_level_steps(ssm)
+        # grid step of the cells a PTQ/QAT quantizer put on a uniform grid (0 elsewhere), for export
+        self.register_buffer("level_steps", None if steps is None else steps.cpu())
+        self.crossbars = nn.ModuleList()
+        for W in weights:
+            layer = AnalogLinear(
+                n_in, n_out, bias=False, rpu_config=copy.deepcopy(config), tile_module_class=config.tile_class
+            )
+            layer.set_weights(W, None, weight_scaling_omega=omega)  # W/α on the tile, α in digital
+            self.crossbars.append(layer)
+        self.to(ssm.D.device)
+        self.eval()
+
+    # -- configuration ------------------------------------------------------------------------
+    @property
+    def tiles(self) -> list:
+        return [layer.analog_module for layer in self.crossbars]
+
+    @property
+    def rpu_config(self):
+        return self.tiles[0].rpu_config
+
+    def execution(self) -> str:
+        """How forward runs: "fused" (`CrossbarStack.step`), "fused_ref" (its AnalogMVM twin) or "tiles"."""
+        from aihwkit.simulator.tiles.inference_torch import TorchInferenceTile
+
+        if not isinstance(self.tiles[0], TorchInferenceTile):
+            return "tiles"  # compiled tiles: only their own forward simulates all of their settings
+        io = self.rpu_config.forward
+        if fast_path_supports(io):
+            return "fused"
+        return "tiles" if io.out_noise_std > 0 else "fused_ref"
+
+    @torch.no_grad()
+    def set_input_ranges(self, ranges: torch.Tensor) -> None:
+        """DAC range r_h of every crossbar (H,); ignored by devices without converters."""
+        for tile, r in zip(self.tiles, ranges.tolist()):
+            if tile.input_range is not None:
+                tile.set_input_range(r if r > 0 else 1.0)
+
+    def input_ranges(self) -> torch.Tensor | None:
+        if self.tiles[0].input_range is None:
+            return None
+        return torch.stack([t.input_range.detach().reshape(()) for t in self.tiles])  # (H,)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, u: torch.Tensor, mode: str = "recurrent") -> torch.Tensor:
+        """u (B, L, H) -> y (B, L, H). The crossbars are recurrent by nature: mode "conv" runs them too."""
+        if mode not in ("conv", "recurrent"):
+            raise ValueError(f"unknown mode {mode!r}; choose 'conv' or 'recurrent' (both run the recurrent crossbars)")
+        if self.training:
+            raise RuntimeError(
+                "FusedS4D simulates inference on programmed crossbars: call model.eval(); for hardware-aware "
+                "training inject noise into the digital model (aimc_ssm.analog.training_noise)"
+            )
+        check_input(u, self.d_model)
+        path = self.execution()
+        if path == "tiles":
+            return self.scan_ref(u)
+        return self.scan(u, reference_mvm=path == "fused_ref")
+
+    def feed_back(self, state: torch.Tensor) -> torch.Tensor:
+        """The state (H, B, N) as the next step's input: through the state quantizer where there is one."""
+        if self.state_quantizer is None:
+            return state
+        return real_state(self.state_quantizer(complex_state(state)))
+
+    @torch.no_grad()
+    def scan(self, u: torch.Tensor, reference_mvm: bool = False) -> torch.Tensor:
+        """All crossbars and the whole batch advance in one vectorized step: u (B, L, H) -> y (B, L, H).
+
+        reference_mvm: step with aihwkit's AnalogMVM.matmul (`CrossbarStack.step_ref`).
+        """
+        B, L, H = u.shape
+        N = self.d_state
+        stack = CrossbarStack(self.tiles, N + 1)
+        step = stack.step_ref if reference_mvm else stack.step
+        # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
+        u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+        inp = u.new_zeros(H, B, N + 2)  # [u_t, x_{t-1}, u_{t-1}]
+        ys = u.new_empty(L + 1, H, B)
+        for t in range(L + 1):
+            inp[:, :, 0] = u_steps[t]
+            out = step(inp)  # (H, B, N+1): [x_t, y_{t-1}]; inp is consumed, all of it rewritten below
+            inp[:, :, 1 : N + 1] = self.feed_back(out[:, :, :N])
+            inp[:, :, N + 1] = u_steps[t]
+            ys[t] = out[:, :, N]
+        return ys[1:].permute(2, 0, 1)  # (B, L, H): y_t left the crossbar at step t + 1
+
+    @torch.no_grad()
+    def scan_ref(self, u: torch.Tensor) -> torch.Tensor:
+        """Reference twin of `scan`: the same aihwkit tiles, one channel after the other, every step."""
+        B, L, H = u.shape
+        N = self.d_state
+        x = u.new_zeros(H, B, N)
+        u_prev = u.new_zeros(B, H)
+        ys = []
+        for t in range(L + 1):
+            u_t = u[:, t] if t < L else torch.zeros_like(u_prev)
+            outs = [
+                layer(torch.cat([u_t[:, h : h + 1], x[h], u_prev[:, h : h + 1]], dim=1))
+                for h, layer in enumerate(self.crossbars)
+            ]  # H × (B, N+1)
+            x = self.feed_back(torch.stack([o[:, :N] for o in outs]))
+            ys.append(torch.stack([o[:, N] for o in outs], dim=1))  # y_{t-1} (B, H)
+            u_prev = u_t
+        return torch.stack(ys[1:], dim=1)
+
+    def extra_repr(self) -> str:
+        N = self.d_state
+        return f"H={self.d_model}, N={N}, crossbar={N + 2}x{N + 1}, execution={self.execution()}"
+
+
+# -- model mapping --------------------------------------------------------------------------------
+def digital_linear(module: nn.Module) -> nn.Linear:
+    """A plain nn.Linear with the weights a (possibly quantized) Linear computes with."""
+    if type(module) is nn.Linear:
+        return module
+    weight = module.weight  # a parametrized (fake-quantized) Linear computes its quantized weight here
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear.to(module.weight.device)
+
+
+def analog_linear(module: nn.Module, rpu_config) -> nn.Module:
+    """aihwkit's AnalogLinear from a (possibly quantized) Linear, via aihwkit's conversion."""
+    from aihwkit.nn.conversion import convert_to_analog
+
+    return convert_to_analog(digital_linear(module), copy.deepcopy(rpu_config), inplace=False).eval()
+
+
+def check_rpu_config(rpu_config) -> None:
+    from aihwkit.simulator.configs import InferenceRPUConfig
+
+    if not isinstance(rpu_config, InferenceRPUConfig):
+        raise ValueError(
+            f"expected an aihwkit inference RPU config, got {type(rpu_config).__name__}; "
+            "load one with aimc_ssm.devices.load_device('pcm')"
+        )
+
+
+def to_analog(
+    model: S4DModel,
+    rpu_config,
+    *,
+    ssm_rpu_config=None,
+    calibration_inputs: torch.Tensor | None = None,
+) -> S4DModel:
+    """A copy of a trained (float, PTQ or QAT) S4DModel on analog crossbars, in eval mode.
+
+    Encoder, mixing and decoder become aihwkit AnalogLinear layers built from `rpu_config` (pure-PyTorch
+    or compiled tiles); each SSM becomes a `FusedS4D` on `ssm_rpu_config` (default: the same device).
+    Digital parts stay digital: activations, GLU, norms, and the quantizers a PTQ/QAT model applies
+    there. `calibration_inputs` (B, L, d_input) set every static DAC range from the source model's
+    signals (`calibrate_dac_ranges`); without them the ranges keep the device's init value. The tiles
+    hold the target weights until `program` applies programming noise and drift.
+    """
+    check_rpu_config(rpu_config)
+    ssm_rpu_config = rpu_config if ssm_rpu_config is None else ssm_rpu_config
+    check_rpu_config(ssm_rpu_config)
+    source = model
+    model = copy.deepcopy(model).eval()
+    model.encoder = analog_linear(model.encoder, rpu_config)
+    for block in model.blocks:
+        block.mixing = analog_linear(block.mixing, rpu_config)
+        block.ssm = FusedS4D(block.ssm, ssm_rpu_config)
+    model.decoder = analog_linear(model.decoder, rpu_config)
+    if calibration_inputs is not None:
+        calibrate_dac_ranges(model, source, calibration_inputs)
+    return model.eval()
+
+
+@torch.no_grad()
+def crossbar_input_ranges(ssm: S4D, u: torch.Tensor) -> torch.Tensor:
+    """Largest |u|, |Re x|, |Im x| per channel while `ssm` runs on u (B, L, H): the DAC range (H,)."""
+    params = ssm.ssm_parameters()
+    x = ssm.initial_state(u.shape[0])
+    peak = u.abs().amax(dim=(0, 1))
+    for t in range(u.shape[1]):
+        _, x = ssm.step(u[:, t], x, params)
+        peak = torch.maximum(peak, torch.view_as_real(x).abs().amax(dim=(0, 2, 3)))
+    return peak
+
+
+@torch.no_grad()
+def calibrate_dac_ranges(analog_model: S4DModel, source: S4DModel, inputs: torch.Tensor) -> None:
+    """Set the static DAC ranges (aihwkit input ranges) of `analog_model` from `source`'s signals on inputs.
+
+    Each crossbar gets the largest |u| and |x| its channel sees; each analog Linear the largest |input|.
+    Tiles without an input range are left alone: perfect forwards (no DAC), and the Linear tiles of
+    devices that scale their inputs by noise management instead.
+    """
+    was_training = source.training
+    source.eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = args[0].detach()
+
+        return hook
+
+    linears = ["encoder", "decoder"] + [f"blocks.{i}.mixing" for i in range(len(source.blocks))]
+    ssms = [f"blocks.{i}.ssm" for i in range(len(source.blocks))]
+    modules = dict(source.named_modules())
+    handles = [modules[name].register_forward_pre_hook(record(name)) for name in linears + ssms]
+    try:
+        source(inputs, "recurrent")
+    finally:
+        for handle in handles:
+            handle.remove()
+        source.train(was_training)
+    analog = dict(analog_model.named_modules())
+    for name in linears:
+        peak = seen[name].abs().max().item()
+        for tile in analog[name].analog_tiles():
+            if tile.input_range is not None:
+                tile.set_input_range(peak if peak > 0 else 1.0)
+    for name in ssms:
+        analog[name].set_input_ranges(crossbar_input_ranges(modules[name], seen[name]))
+
+
+@torch.no_grad()
+def program(analog_model: nn.Module, t_inference: float = 0.0, reprogram: bool = True) -> nn.Module:
+    """Program all tiles (aihwkit programming noise) and let them drift to t_inference seconds.
+
+    aihwkit's `program_analog_weights` draws fresh programming noise from the target weights;
+    `drift_analog_weights` applies drift and read noise up to t_inference and re-reads the global drift
+    compensation. reprogram=False keeps the programmed devices and only drifts them to a new time
+    (evaluate one chip at 1 s, 1 h, 1 d, 1 y: see DRIFT_TIMES).
+    """
+    from aihwkit.inference.utils import drift_analog_weights, program_analog_weights
+
+    analog_model.eval()
+    if reprogram:
+        program_analog_weights(analog_model, None)
+    drift_analog_weights(analog_model, t_inference)
+    return analog_model
+
+
+# -- hardware-aware training ------------------------------------------------------------------------
+def training_noise(kind: str = "add", std: float = 0.02):
+    """aihwkit weight-modifier settings for noise injection during training, resampled every forward.
+
+    "add": ADD_NORMAL, w + std·max|w|·ξ; "mult": MULT_NORMAL, w·(1 + std·ξ). Give it to an rpu config
+    (config.modifier = training_noise(...)) or to `inject_weight_noise` for a digital tensor.
+    """
+    from aihwkit.simulator.parameters import WeightModifierParameter, WeightModifierType
+
+    kinds = {"add": WeightModifierType.ADD_NORMAL, "mult": WeightModifierType.MULT_NORMAL}
+    if kind not in kinds:
+        raise ValueError(f"unknown noise kind {kind!r}; choose one of {sorted(kinds)}")
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    return WeightModifierParameter(type=kinds[kind], std_dev=std, rel_to_actual_wmax=True)
+
+
+def inject_weight_noise(weight: torch.Tensor, modifier) -> torch.Tensor:
+    """`weight` with the modifier's noise (aihwkit's torch-tile modifier); gradients pass straight through."""
+    from aihwkit.simulator.tiles.torch_tile import TorchSimulatorTile
+
+    return TorchSimulatorTile.modify_weight(weight, modifier, 1)

@@ -1,0 +1,198 @@
+"""Export the crossbars of a deployed analog S4D model, read them back, and draw them.
+
+`export(analog_model, path)` writes path.npz (arrays) and path.json (metadata), both atomically.
+Per SSM layer l the npz holds, under "layer{l}/" (H channels, N real states, one crossbar each;
+matrices in aihwkit's orientation (outputs N+1, inputs N+2), see `LAYOUT`):
+
+    weights        (H, N+1, N+2) float32  target crossbar matrix W: Ā, B̄, C̄, D as in aimc_ssm.analog
+    normalized     (H, N+1, N+2) float32  W / column_scales: what the conductances encode, |·| ≤ ω
+    column_scales  (H, N+1)      float32  digital output scale α per column (aihwkit weight_scaling_omega)
+    conductances   (H, K, N+1, N+2) float32  target conductances in µS of the K devices per cell
+                                          (aihwkit's g_converter of the device: max|normalized| -> g_max;
+                                          K = 2 for a pair (G+, G-), weight ∝ G+ - G-)
+    programmed     (H, N+1, N+2) float32  normalized weights now on the tiles (after programming / drift)
+    drift_alpha    (H,)          float32  global drift compensation factor now applied per crossbar
+    input_range    (H,)          float32  DAC range r_h: inputs clipped to ±r_h      (devices with a DAC)
+    dac_step       (H,)          float32  one DAC level in signal units              (quantizing DAC)
+    adc_step       (H, N+1)      float32  one ADC level in signal units, per column  (quantizing ADC)
+    levels         (H, N+1, N+2) int64    integer level of each cell on its PTQ/QAT quantizer grid
+    level_steps    (H, N+1, N+2) float32  the grid step (0: cell not quantized); weights = levels·level_steps
+                                          (the last two for quantized models only)
+
+The JSON holds the format version, the layout, units, the model and device configs, converter bit
+widths and level counts (aihwkit: n bits = 2^n - 1 levels), g_max, and per layer the arrays present.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .analog import FusedS4D
+from .devices import config_summary, res_to_bits
+from .study import atomic_write, save_figure
+
+FORMAT, VERSION = "aimc-ssm crossbars", 1
+LAYOUT = {
+    "orientation": "matrices are (outputs, inputs) as aihwkit tiles; the physical crossbar's rows are the inputs",
+    "inputs": "u_t, then x_{t-1} as (Re, Im) pairs of the N/2 modes, then u_{t-1}",
+    "outputs": "x_t as (Re, Im) pairs, then y_{t-1}",
+    "step": "step t reads [u_t, x_{t-1}, u_{t-1}] and writes [x_t, y_{t-1} = C̄ x_{t-1} + D u_{t-1}]; "
+    "a sequence of L inputs takes L + 1 steps, the last with u_L = 0",
+    "signal": "digital value of an input = DAC code × dac_step; of an output = ADC code × adc_step",
+}
+
+
+def converter_levels(res: float) -> int | None:
+    """Levels of an aihwkit converter with resolution res (None: not quantized)."""
+    if res <= 0:
+        return None
+    return int(round(1 / res if res < 1 else res)) + 1
+
+
+def converter_meta(res: float, bound: float) -> dict:
+    return {"bits": res_to_bits(res), "levels": converter_levels(res), "bound": bound}
+
+
+def crossbar_arrays(kernel: FusedS4D) -> dict[str, np.ndarray]:
+    """The arrays of one FusedS4D layer, as documented in the module docstring."""
+    tiles = kernel.tiles
+    n_out = kernel.d_state + 1
+    config = kernel.rpu_config
+    io_pars = config.forward
+    programmed = torch.stack([t.get_weights(apply_weight_scaling=False)[0] for t in tiles])  # CPU copies
+    # aihwkit keeps the target of a programmed tile as its reference weights
+    references = [t.reference_combined_weights for t in tiles]
+    target = torch.stack([p if r is None else r.cpu() for p, r in zip(programmed, references)])
+    mapping_scales = [t.get_mapping_scales() for t in tiles]
+    scales = torch.stack([torch.ones(1) if s is None else s.detach().cpu().reshape(-1) for s in mapping_scales])
+    scales = scales.expand(len(tiles), n_out)
+    converter = config.noise_model.g_converter
+    conductances = torch.stack([torch.stack(converter.convert_to_conductances(w)[0]) for w in target])
+    arrays = {
+        "weights": target * scales[:, :, None],
+        "normalized": target,
+        "column_scales": scales,
+        "conductances": conductances,
+        "programmed": programmed,
+        "drift_alpha": torch.stack([t.alpha.detach().cpu().reshape(()) for t in tiles]),
+    }
+    ranges = kernel.input_ranges()
+    if ranges is not None:
+        ranges = ranges.cpu()
+        arrays["input_range"] = ranges
+        if io_pars.inp_res > 0:
+            arrays["dac_step"] = ranges * 2 * io_pars.inp_bound / (converter_levels(io_pars.inp_res) - 1)
+        if io_pars.out_res > 0:
+            adc = 2 * io_pars.out_bound / (converter_levels(io_pars.out_res) - 1)
+            arrays["adc_step"] = adc * ranges[:, None] * scales * arrays["drift_alpha"][:, None]
+    if kernel.level_steps is not None:
+        steps = kernel.level_steps.cpu()
+        on = steps > 0
+        arrays["levels"] = torch.where(on, arrays["weights"] / torch.where(on, steps, 1), 0).round().to(torch.int64)
+        arrays["level_steps"] = steps
+    return {k: v.detach().cpu().numpy().astype(np.int64 if k == "levels" else np.float32) for k, v in arrays.items()}
+
+
+def ssm_layers(model) -> list[FusedS4D]:
+    layers = [block.ssm for block in getattr(model, "blocks", [])]
+    if not layers or not all(isinstance(layer, FusedS4D) for layer in layers):
+        raise ValueError("export needs a model from aimc_ssm.analog.to_analog (its SSMs are FusedS4D crossbars)")
+    return layers
+
+
+def export(analog_model, path: str | Path) -> tuple[Path, Path]:
+    """Write the model's SSM crossbars to path.npz and path.json; returns both paths."""
+    path = Path(path)
+    npz_path, json_path = path.with_suffix(".npz"), path.with_suffix(".json")
+    layers = ssm_layers(analog_model)
+    arrays, layer_meta = {}, []
+    for l, kernel in enumerate(layers):
+        layer_arrays = crossbar_arrays(kernel)
+        arrays.update({f"layer{l}/{name}": value for name, value in layer_arrays.items()})
+        layer_meta.append(
+            {
+                "prefix": f"layer{l}/",
+                "H": kernel.d_model,
+                "N": kernel.d_state,
+                "execution": kernel.execution(),
+                "arrays": sorted(layer_arrays),
+            }
+        )
+    config = layers[0].rpu_config
+    io_pars = config.forward
+    converter = config.noise_model.g_converter
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "layout": LAYOUT,
+        "units": {"conductances": "uS", "dac_step": "input signal units", "adc_step": "output signal units"},
+        "model": analog_model.cfg.to_dict() if hasattr(analog_model, "cfg") else None,
+        "precision": analog_model.precision.to_dict() if getattr(analog_model, "precision", None) is not None else None,
+        "device": config_summary(config),
+        "g_converter": str(converter),
+        "g_max": getattr(converter, "g_max", None),
+        "g_min": getattr(converter, "g_min", None),
+        "dac": converter_meta(io_pars.inp_res, io_pars.inp_bound),
+        "adc": converter_meta(io_pars.out_res, io_pars.out_bound),
+        "layers": layer_meta,
+    }
+
+    def write_npz(f):
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        f.write(buffer.getvalue())
+
+    atomic_write(npz_path, write_npz, "wb")
+    atomic_write(json_path, lambda f: f.write(json.dumps(meta, indent=2)))
+    return npz_path, json_path
+
+
+def load_export(path: str | Path) -> dict:
+    """{"meta": the JSON, "layers": [{name: array}] per SSM layer} of an export (path with or without suffix)."""
+    path = Path(path)
+    npz_path, json_path = path.with_suffix(".npz"), path.with_suffix(".json")
+    for p in (npz_path, json_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: an export is the pair {npz_path.name} + {json_path.name}")
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not an {FORMAT!r} export (format {meta.get('format')!r})")
+    with np.load(npz_path) as data:
+        layers = [{name: data[layer["prefix"] + name] for name in layer["arrays"]} for layer in meta["layers"]]
+    return {"meta": meta, "layers": layers}
+
+
+def plot_crossbar(exported: dict, layer: int = 0, channel: int = 0, path=None, quantity: str = "normalized"):
+    """Heat map of one channel's crossbar, inputs as rows and outputs as columns, as drawn in [S24].
+
+    exported: `load_export`'s dict. quantity: "normalized" (weights in conductance units of g_max),
+    "weights" or "programmed". Saved atomically to `path` if given; returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    arrays = exported["layers"][layer]
+    matrices = sorted(name for name, value in arrays.items() if value.ndim == 3)
+    if quantity not in matrices:
+        raise ValueError(f"unknown quantity {quantity!r}; choose one of {matrices}")
+    W = arrays[quantity][channel].T  # (inputs, outputs)
+    n_in, n_out = W.shape
+    N = n_out - 1
+    limit = float(np.abs(W).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(0.12 * n_out + 2.5, 0.12 * n_in + 1.5))
+    image = ax.imshow(W, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    for edge in (0.5, N + 0.5):  # u_t | x_{t-1} | u_{t-1}
+        ax.axhline(edge, color="k", lw=0.6)
+    ax.axvline(N - 0.5, color="k", lw=0.6)  # x_t | y_{t-1}
+    ax.set_yticks([0, (N + 1) / 2, N + 1], ["$u_t$", "$x_{t-1}$", "$u_{t-1}$"])
+    ax.set_xticks([(N - 1) / 2, N], ["$x_t$", "$y_{t-1}$"])
+    ax.set_xlabel("outputs (ADC)")
+    ax.set_ylabel("inputs (DAC)")
+    ax.set_title(f"layer {layer}, channel {channel}: {quantity}")
+    fig.colorbar(image, ax=ax, fraction=0.05, label="weight / column scale" if quantity != "weights" else "weight")
+    if path is not None:
+        save_figure(fig, Path(path))
+    return fig

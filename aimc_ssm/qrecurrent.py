@@ -1,0 +1,143 @@
+"""Quantized recurrent inference as deployed: the state re-quantized at every step.
+
+    p_A = Q_p(Ā ⊙ x_{t-1}),   p_B = Q_p(B̄·u_t)      partial products (only with spec.partial_products)
+    x_t = Q_x(p_A + p_B)                            the state, in cartesian or polar form
+    y_t = 2·Re(C·x_t) + D·u_t
+
+Complex numbers travel as two real planes (Re, Im) stacked on a leading axis, so one step is a few
+real tensor operations over batch, channels and modes at once (`quantized_scan`, `quantized_step`).
+`quantized_scan_ref` is the plain twin, looping over time and channel; it performs the same float
+operations in the same order, so both take the same rounding decisions and the tests hold them equal.
+
+`quant` is the layer's SSMQuantization (aimc_ssm.quantize): its `state` ComplexQuantizer and, when
+partial products are quantized, `partial_Ax` and `partial_Bu`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .quantizers import ComplexQuantizer, polar_to_cartesian, to_planes
+
+
+def output_planes(C: torch.Tensor) -> torch.Tensor:
+    """(2·Re C, -2·Im C) (2, H, n): y = Σ over planes and modes of these times the state planes."""
+    return torch.stack((2 * C.real, -2 * C.imag))
+
+
+def next_state(x: torch.Tensor, u_t: torch.Tensor, A: torch.Tensor, B: torch.Tensor, quant) -> torch.Tensor:
+    """State planes x (2, B, H, n), input u_t (B, H), planes of Ā and B̄ (2, H, n) -> x_t (2, B, H, n)."""
+    (xr, xi), (ar, ai) = x, A
+    ax = torch.stack((xr * ar - xi * ai, xi * ar + xr * ai))  # Ā ⊙ x
+    bu = B[:, None] * u_t[:, :, None]  # B̄·u_t: (2, 1, H, n) * (B, H, 1)
+    if quant.partial_Ax is not None:
+        ax, bu = quant.partial_Ax.quantize_planes(ax), quant.partial_Bu.quantize_planes(bu)
+    return quant.state.quantize_planes(ax + bu)
+
+
+def next_state_(x, new, scratch, u_t, A, B, quant, bu=None) -> torch.Tensor:
+    """`next_state` without autograd, written into `new` (2, B, H, n) with the help of `scratch`
+    (B, H, n) and, for quantized partial products, `bu` (2, B, H, n): the same operations in the
+    same order as `next_state`, without allocating."""
+    (xr, xi), (ar, ai), (br, bi) = x, A, B
+    u_t = u_t[:, :, None]  # (B, H, 1)
+    torch.mul(xr, ar, out=new[0]).sub_(torch.mul(xi, ai, out=scratch))  # Ā ⊙ x
+    torch.mul(xi, ar, out=new[1]).add_(torch.mul(xr, ai, out=scratch))
+    if quant.partial_Ax is None:
+        new[0].add_(torch.mul(br, u_t, out=scratch))  # + B̄·u_t
+        new[1].add_(torch.mul(bi, u_t, out=scratch))
+    else:
+        quant.partial_Ax.quantize_planes_(new)
+        quant.partial_Bu.quantize_planes_(torch.mul(B[:, None], u_t, out=bu))
+        new.add_(bu)
+    return quant.state.quantize_planes_(new)
+
+
+def quantized_step(u_t: torch.Tensor, x: torch.Tensor, params, quant):
+    """One deployed step: u_t (B, H), complex state x (B, H, n) -> (y_t (B, H), x_t complex)."""
+    dA, dB, C, D = params
+    x = next_state(to_planes(x), u_t, to_planes(dA), to_planes(dB), quant)
+    y = (x * output_planes(C)[:, None]).sum(-1).sum(0) + D * u_t
+    return y, torch.complex(x[0], x[1])
+
+
+def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = None) -> torch.Tensor:
+    """The whole sequence as deployed: u (B, L, H) -> y (B, L, H); x0 complex (B, H, n) or zeros.
+
+    With autograd (training in recurrent mode) every step allocates its results; without, the
+    state ping-pongs between two preallocated buffers."""
+    dA, dB, C, D = params
+    batch, L, H = u.shape
+    A, B, C2 = to_planes(dA), to_planes(dB), output_planes(C)  # (2, H, n) each
+    x = u.new_zeros(2, batch, H, dA.shape[-1]) if x0 is None else to_planes(x0)
+    u_steps = u.transpose(0, 1).contiguous()  # (L, B, H): one contiguous slice per step
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dA, dB, C, D)):
+        ys = []
+        for t in range(L):
+            x = next_state(x, u_steps[t], A, B, quant)
+            ys.append((x * C2[:, None]).sum(-1).sum(0))
+        return torch.stack(ys, dim=1) + D * u
+    new, scratch = torch.empty_like(x), x.new_empty(x.shape[1:])
+    bu = None if quant.partial_Ax is None else torch.empty_like(x)
+    y = u.new_empty(L, batch, H)
+    for t in range(L):
+        x, new = next_state_(x, new, scratch, u_steps[t], A, B, quant, bu), x
+        torch.sum(torch.mul(x[0], C2[0], out=scratch).addcmul_(x[1], C2[1]), -1, out=y[t])  # 2·Re(C·x_t)
+    return y.transpose(0, 1) + D * u
+
+
+# -- reference twin -------------------------------------------------------------------------
+def _round_ref(v, scale, q_lo, span, offset):
+    q = torch.clamp(torch.round(v / scale - offset if offset else v / scale), q_lo, q_lo + span)
+    return (q + offset if offset else q) * scale
+
+
+def _pick(value, plane: int, h: int):
+    """The grid value of one plane and channel from a (2, 1, H or 1, 1) tensor (or a number)."""
+    if not torch.is_tensor(value):
+        return value
+    return value[plane, 0, h if value.shape[2] > 1 else 0]
+
+
+def _quantize_channels_ref(quantizer: ComplexQuantizer, values: list) -> list:
+    """Quantize per-channel (re, im) pairs (each (B, n)) with `quantizer`, one channel at a time.
+
+    The ranges may span channels, so the grid comes from all channels stacked; the rounding is then
+    done channel by channel."""
+    if quantizer.is_float:
+        return values
+    if quantizer.form == "polar":
+        values = [(torch.complex(re, im).abs(), torch.complex(re, im).angle()) for re, im in values]
+    stacked = torch.stack([torch.stack(pair) for pair in values], dim=2)  # (2, B, H, n)
+    g = quantizer.parts.grid(stacked)
+    out = []
+    for h, pair in enumerate(values):
+        first, second = (_round_ref(v, _pick(g.scale, p, h), _pick(g.q_lo, p, h), g.span, g.offset) for p, v in enumerate(pair))
+        if quantizer.form == "polar":
+            first, second = polar_to_cartesian(torch.stack((first, second)))
+        out.append((first, second))
+    return out
+
+
+@torch.no_grad()
+def quantized_scan_ref(u: torch.Tensor, params, quant, x0: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference twin of `quantized_scan`: loops over time and channel, plain per-channel arithmetic."""
+    dA, dB, C, D = params
+    batch, L, H = u.shape
+    zeros = u.new_zeros(batch, dA.shape[-1])
+    x = [(zeros, zeros) if x0 is None else (x0[:, h].real, x0[:, h].imag) for h in range(H)]
+    y = u.new_zeros(batch, L, H)
+    for t in range(L):
+        ax, bu = [], []
+        for h in range(H):
+            xr, xi = x[h]
+            ar, ai, br, bi = dA.real[h], dA.imag[h], dB.real[h], dB.imag[h]
+            u_th = u[:, t, h, None]  # (B, 1)
+            ax.append((ar * xr - ai * xi, ar * xi + ai * xr))
+            bu.append((br * u_th, bi * u_th))
+        if quant.partial_Ax is not None:
+            ax, bu = _quantize_channels_ref(quant.partial_Ax, ax), _quantize_channels_ref(quant.partial_Bu, bu)
+        x = _quantize_channels_ref(quant.state, [(a_re + b_re, a_im + b_im) for (a_re, a_im), (b_re, b_im) in zip(ax, bu)])
+        for h in range(H):
+            xr, xi = x[h]
+            y[:, t, h] = 2 * (C.real[h] * xr - C.imag[h] * xi).sum(-1) + D[h] * u[:, t, h]
+    return y
