@@ -6,12 +6,13 @@ mixing stage is an `nn.Linear` that an analog tile can replace.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .s4d import A_INITS, DISCRETIZATIONS, S4D, check_sizes
+from .configs import from_dict_strict
 
 ACTIVATIONS = ("gelu", "none")
 MIXINGS = ("glu", "relu")
@@ -59,11 +60,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "model config")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, fields, replace
 
 from .quantizers import FLOAT, Z25_PERCENTILE, QuantizerConfig
+from .configs import from_dict_strict
 
 COMPONENTS = ("A", "B", "C", "D", "dt", "state", "act", "mixing", "coder")
 PARAMETERIZATIONS = ("continuous", "cartesian", "polar")
@@ -124,11 +125,7 @@ class PrecisionSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrecisionSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown precision keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "precision")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -25,11 +25,12 @@ Complex tensors are quantized as two real planes, stacked on a leading axis with
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
+from .configs import from_dict_strict
 
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel")
@@ -112,11 +113,7 @@ class QuantizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantizerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown quantizer config keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "quantizer config")
 
 
 FLOAT = QuantizerConfig(bits=None)

@@ -15,7 +15,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import SequenceData, load_dataset, make_loaders
 from .model import ModelConfig, S4DModel, parameter_groups
+from .configs import from_dict_strict
 
 DEFAULT_CACHE = Path("results/models")
 
@@ -58,11 +59,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "train config")
 
 
 class DivergenceError(RuntimeError):
