@@ -215,13 +215,15 @@ def tensor_bits(tensor: torch.Tensor, bits: int, layout: tuple[str, str]) -> int
     """Elements × bits (a complex element is two reals), plus scales and zero points if quantized.
 
     Metadata: one 32-bit scale per tensor or per channel (first axis), and as many zero points
-    when asymmetric; none for float tensors (32 bits).
+    when asymmetric; none for float tensors (32 bits). A complex tensor is quantized as two real
+    planes (Re/Im or |z|/angle) with ranges of their own, so it stores twice the metadata.
     """
-    elements = tensor.numel() * (2 if tensor.is_complex() else 1)
+    planes = 2 if tensor.is_complex() else 1
+    elements = tensor.numel() * planes
     if bits == FLOAT_BITS:
         return elements * FLOAT_BITS
     granularity, scheme = layout
-    scales = tensor.shape[0] if granularity == "per_channel" and tensor.dim() > 0 else 1
+    scales = planes * (tensor.shape[0] if granularity == "per_channel" and tensor.dim() > 0 else 1)
     per_scale = 2 if scheme == "asymmetric" else 1
     return elements * bits + scales * per_scale * METADATA_BITS
 

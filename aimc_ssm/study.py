@@ -101,6 +101,15 @@ def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """--threads N, torch's CPU threads; apply with torch.set_num_threads(args.threads)."""
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default: %(default)s; the recurrence's per-step operations are too small to gain "
+        "from more, and on a shared machine a thread waiting for a descheduled sibling costs milliseconds per operation)",
+    )
+
+
 @dataclass
 class StudySetup:
     """The models a study compares: the float model's configs, QAT fine-tuning, the test subset."""

@@ -118,26 +118,26 @@ def test_memory_float_is_32_bits_for_everything(small_model):
 
 
 def test_memory_per_tensor_vs_per_channel(small_model):
-    per_tensor = 80 * 8 + 7 * 32 + 10 * 32  # 7 quantized tensors, one scale each
+    per_tensor = 80 * 8 + 10 * 32 + 10 * 32  # 7 quantized tensors, one scale each, two for complex Ā, B̄, C
     assert memory_footprint_bits(small_model, uniform(8)) == per_tensor
-    # one scale per first-axis channel: encoder 4, Ā 4, B̄ 4, C 4, D 4, mixing 4, decoder 2 = 26
+    # one scale per first-axis channel and plane: encoder 4, Ā 8, B̄ 8, C 8, D 4, mixing 4, decoder 2 = 38
     channel = dict.fromkeys(COMPONENTS, "per_channel")
-    per_channel = 80 * 8 + 26 * 32 + 10 * 32
+    per_channel = 80 * 8 + 38 * 32 + 10 * 32
     assert memory_footprint_bits(small_model, uniform(8), granularity=channel) == per_channel
     asymmetric = dict.fromkeys(COMPONENTS, "asymmetric")
     assert (
         memory_footprint_bits(small_model, uniform(8), granularity=channel, scheme=asymmetric)
-        == per_channel + 26 * 32
+        == per_channel + 38 * 32
     )
 
 
 def test_memory_reads_layouts_from_a_spec(small_model):
     spec = Spec({"A": 4}, A=SimpleNamespace(granularity="per_channel", scheme="asymmetric"))
-    # Ā: 16·4 + 4 scales + 4 zero points; everything else float
-    assert memory_footprint_bits(small_model, spec) == 16 * 4 + 8 * 32 + (64 + 10) * 32
+    # Ā: 16·4 + 8 scales + 8 zero points (4 channels x 2 planes); everything else float
+    assert memory_footprint_bits(small_model, spec) == 16 * 4 + 16 * 32 + (64 + 10) * 32
     # an explicit mapping wins over the spec
     assert memory_footprint_bits(small_model, spec, granularity={"A": "per_tensor"}) == (
-        16 * 4 + 2 * 32 + (64 + 10) * 32
+        16 * 4 + 4 * 32 + (64 + 10) * 32
     )
 
 

@@ -1,0 +1,155 @@
+"""The models a quantization study compares, each built once, and their accuracy as deployed.
+
+    zoo = ModelZoo(study_setup(args), args.models_dir)
+    zoo.float_model                        trained once (aimc_ssm.train.trained_model's cache)
+    zoo.ptq(spec)                          a PTQ copy of it (calibrated on training batches if static)
+    zoo.qat(spec)                          fine-tuned from it with the quantizers on, once per spec
+                                           (aimc_ssm.quantize.qat_model's cache)
+    zoo.accuracy(model, split, mode)       accuracy on the study's subset of a split
+    zoo.spec_accuracy(spec, method, ...)   both steps at once: method "float", "ptq" or "qat"
+    zoo.key                                hash of the setup, for the rows of a results table
+
+Evaluation subset: the first `setup.test_samples` samples of the split (all when None), in batches
+of the float training's batch size, in a fixed order. The order matters: dynamic quantization
+ranges (the state's, the activations') are taken over a batch, so other batches give other grids.
+
+Recurrent mode runs as convolution when nothing re-quantizes the state: the recurrence is then
+linear with the same (quantized) Ā, B̄, C, D as the kernel, so the two compute the same outputs up
+to float rounding, and the convolution is tens of times faster on a CPU. `exact_recurrence=True`
+runs the recurrence anyway.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import SequenceData, load_dataset, make_loaders
+from .model import S4DModel
+from .precision import PrecisionSpec
+from .quantize import ptq_model, qat_model
+from .study import StudySetup
+from .train import DEFAULT_CACHE, DivergenceError, config_key, evaluate, resolve_device, trained_model
+
+METHODS = ("float", "ptq", "qat")
+SPLITS = ("train", "val", "test")
+MODES = ("conv", "recurrent")
+CALIBRATION_BATCHES = 8  # as qat_model: enough for min/max ranges of static quantizers
+
+
+def requantizes_state(model: S4DModel) -> bool:
+    """Whether any layer of `model` re-quantizes its state in recurrent mode."""
+    return any(block.ssm.quant is not None and block.ssm.quant.requantizes_state for block in model.blocks)
+
+
+def forward_for(mode: str, state_requantized: bool, exact_recurrence: bool = False) -> str:
+    """The forward that computes `mode`'s outputs (see the module docstring)."""
+    check_choice("mode", mode, MODES)
+    if mode == "recurrent" and not exact_recurrence and not state_requantized:
+        return "conv"
+    return mode
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
+
+
+@dataclass
+class ModelZoo:
+    """Float, PTQ and QAT models of one study setup, with cached training and a fixed evaluation subset."""
+
+    setup: StudySetup
+    models_dir: Path = DEFAULT_CACHE
+    progress: bool = True
+    exact_recurrence: bool = False
+
+    @cached_property
+    def key(self) -> str:
+        """Short hash of everything that decides a measurement here: the model, its float training,
+        the QAT fine-tuning and the evaluation subset. Studies keep it in their rows, so that a run
+        with other settings into the same results table measures afresh instead of resuming."""
+        return config_key(self.setup.model, self.setup.train, self.setup.finetune, {"test_samples": self.setup.test_samples})
+
+    @cached_property
+    def data(self) -> SequenceData:
+        train = self.setup.train
+        return load_dataset(train.dataset, root=train.data_dir, permuted=train.permuted, seed=train.seed)
+
+    @cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self.setup.train.device)
+
+    @cached_property
+    def float_model(self) -> S4DModel:
+        model, _ = trained_model(self.setup.model, self.setup.train, self.models_dir, self.progress)
+        return model
+
+    # -- data ------------------------------------------------------------------------------
+    def batches(self, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The evaluation subset of `split` as (x (B, L, d_in), y (B,)) batches, always the same."""
+        check_choice("split", split, SPLITS)
+        dataset = getattr(self.data, split)
+        x, y = dataset.tensors
+        n = len(y) if self.setup.test_samples is None else min(self.setup.test_samples, len(y))
+        size = self.setup.train.batch_size
+        return [(x[i : i + size], y[i : i + size]) for i in range(0, n, size)]
+
+    def calibration_batches(self) -> list:
+        """The first training batches in the seeded training order (what qat_model calibrates on)."""
+        train_loader = make_loaders(self.data, self.setup.train.batch_size, self.setup.train.seed)[0]
+        return list(itertools.islice(train_loader, CALIBRATION_BATCHES))
+
+    # -- models ----------------------------------------------------------------------------
+    def ptq(self, spec: PrecisionSpec) -> S4DModel:
+        """Post-training quantization of the float model with `spec`."""
+        calibration = self.calibration_batches() if spec.static() else None
+        return ptq_model(self.float_model, spec, calibration)
+
+    def qat(self, spec: PrecisionSpec) -> tuple[S4DModel, dict]:
+        """The float model fine-tuned with `spec`'s quantizers on (setup.finetune), and its training metrics."""
+        return qat_model(
+            self.setup.model,
+            self.setup.finetune,
+            spec,
+            finetune_from=self.setup.train,
+            cache_dir=self.models_dir,
+            progress=self.progress,
+        )
+
+    # -- accuracy --------------------------------------------------------------------------
+    def spec_forward(self, spec: PrecisionSpec | None, mode: str) -> str:
+        """The forward that `accuracy` runs for `mode` on a model quantized with `spec` (None: float)."""
+        return forward_for(mode, spec is not None and not spec.state.is_float, self.exact_recurrence)
+
+    def samples(self, split: str) -> int:
+        """How many samples of `split` the evaluation subset holds."""
+        return sum(len(y) for _, y in self.batches(split))
+
+    def accuracy(self, model: S4DModel, split: str = "test", mode: str = "recurrent") -> float:
+        """Accuracy of `model` on the evaluation subset of `split` in `mode`."""
+        model.to(self.device)
+        forward = forward_for(mode, requantizes_state(model), self.exact_recurrence)
+        return evaluate(model, self.batches(split), forward, self.device)
+
+    def spec_accuracy(self, spec: PrecisionSpec | None, method: str, split: str = "test", mode: str = "recurrent") -> float:
+        """Accuracy of the float model ("float", spec ignored) or of its PTQ or QAT version with `spec`.
+
+        A QAT run that diverges scores NaN (a warning says so) rather than stopping a sweep.
+        """
+        check_choice("method", method, METHODS)
+        if method == "float":
+            return self.accuracy(self.float_model, split, mode)
+        if method == "ptq":
+            return self.accuracy(self.ptq(spec), split, mode)
+        try:
+            model, _ = self.qat(spec)
+        except DivergenceError as err:
+            tqdm.write(f"QAT diverged, scored NaN: {err}")
+            return math.nan
+        return self.accuracy(model, split, mode)
