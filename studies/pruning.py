@@ -1,0 +1,212 @@
+"""Greedy pruning ([S25]) of float and QAT S4D models, and what it saves on the fused crossbars.
+
+For every model (float; z25 QAT at --bits), kind and scope, greedy pruning (aimc_ssm.pruning) walks
+the candidates smallest magnitude first and keeps an element zeroed while the validation accuracy
+stays within --tolerance (1 point) of the unpruned model's:
+
+    structured    whole complex modes of a channel (Ā_n, B̄_n, C_n), ranked by |C_n B̄_n| / sqrt(1 - |Ā_n|²)
+    unstructured  single Ā_n or C_n entries, ranked by magnitude relative to their tensor's largest
+    linear        single weights of the encoder, mixing and decoder Linears, likewise
+
+    scope "model": every layer of the kind together, one ranking; where the kind has more than one
+    layer (the Linears: encoder, blocks.<i>.mixing, decoder; the SSMs of a deeper model) also each
+    layer alone, the others left whole.
+
+Masks act on the deployed parameters, after the QAT model's quantizers, so they persist through
+quantization and onto the crossbars. Accepting groups of candidates (doubling after an accepted group,
+bisecting a rejected one) is the batched variant of one-at-a-time greedy described in
+aimc_ssm.pruning; an evaluation stops early once the errors exceed the tolerance.
+After pruning: the fused crossbars without dead modes (a mode is dead when its deployed C_n or B̄_n is
+zero): inputs 2 + 2·live, outputs 1 + 2·live per channel; and the ADC complexity of the outputs still
+converted, at the model's bits (float: 32), as aimc_ssm.pruning.pruned_adc_complexity counts them.
+[S25] (sCIFAR, whole model): structured about 21 % at 7-bit QAT vs 10 % float, unstructured 27 % vs
+22 %, linear 47 % vs 55 %.
+
+Accuracies are in convolution mode, which computes the deployed recurrence exactly when the state is
+not re-quantized (the crossbar's converters quantize it instead, see aimc_ssm.analog_study).
+
+    python studies/pruning.py --quick      # about a minute on 2 cores: 48 candidates per run
+    python studies/pruning.py              # about 10-15 minutes on 2 cores on a fresh set-up
+    python studies/pruning.py --kinds structured --bits 8 6 --tolerance 0.5
+
+Defaults: the [Z25] model on smnist, float and QAT at 8 bits; all three kinds; the whole validation
+split decides, the whole test split reports. --quick: 3-epoch models, 100 samples, the 48 smallest
+candidates of each run. The pruning masks are saved as results/pruning/masks/<model>-<kind>-<scope>.pt
+(aimc_ssm.pruning.load_masks puts them on a model).
+
+results/pruning/results.csv, one row per pruning run (a killed run resumes):
+    setup                  hash of the models, evaluation subsets and settings
+    model                  "float" or "qat-<bits>";  method, bits: its method and bit width (32: float)
+    kind, scope            what was pruned, and where ("model" or a layer name)
+    candidates             elements tried;  pruned: elements kept zero;  pruned_fraction: pruned / candidates
+    evaluations            accuracy evaluations the greedy walk needed
+    val_accuracy_unpruned, val_accuracy     on the validation subset (the decision set)
+    test_accuracy_unpruned, test_accuracy   on the test subset
+    live_modes, crossbar_rows, crossbar_cols, crossbar_cells, adc_complexity   after pruning,
+        and the same with suffix _unpruned before (rows, cols: of the largest channel crossbar;
+        cells: over all channels' crossbars)
+    tolerance, samples, seconds
+Plots in results/pruning/: pruned_fraction.png (whole model, per kind and model), per_layer.png
+(each layer alone), savings.png (crossbar cells and ADC complexity after pruning, relative to unpruned).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import pandas as pd
+import seaborn as sns
+import torch
+from tqdm.auto import tqdm
+
+from aimc_ssm.analog_study import study_key, study_models, without_state_requantization
+from aimc_ssm.pruning import (
+    KINDS,
+    accuracy_at_least,
+    attach_masks,
+    crossbar_report,
+    layer_names,
+    mask_tensors,
+    prune,
+    pruned_adc_complexity,
+)
+from aimc_ssm.study import ResultTable, add_threads_flag, atomic_write, save_figure, study_parser, study_setup
+from aimc_ssm.train import evaluate
+from aimc_ssm.zoo import ModelZoo
+
+NAME = "pruning"
+KEY = ["setup", "model", "kind", "scope"]
+QUICK_CANDIDATES = 48
+
+
+def parse_args(argv=None):
+    parser = study_parser(NAME, __doc__)
+    add_threads_flag(parser)
+    parser.add_argument("--bits", nargs="+", type=int, default=[8], help="bit widths of the QAT models (z25 recipe; default: %(default)s)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="default: all three")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the pruned model may lose on the validation subset (default: %(default)s)")
+    parser.add_argument("--max-candidates", type=int, default=None, help=f"try only the smallest candidates of each run (default: all; {QUICK_CANDIDATES} with --quick)")
+    args = parser.parse_args(argv)
+    if args.quick and args.max_candidates is None:
+        args.max_candidates = QUICK_CANDIDATES
+    if args.tolerance < 0:
+        parser.error("--tolerance must be >= 0")
+    return args
+
+
+def runs(models, kinds):
+    """(model entry, kind, scope, layers) of every pruning run: the whole model, then each layer if several."""
+    for entry in models:
+        for kind in kinds:
+            names = layer_names(entry.model, kind)
+            yield entry, kind, "model", None
+            if len(names) > 1:
+                for name in names:
+                    yield entry, kind, name, [name]
+
+
+def savings(model, suffix="") -> dict:
+    report = crossbar_report(model)
+    report["adc_complexity"] = pruned_adc_complexity(model)
+    return {f"{k}{suffix}": v for k, v in report.items()}
+
+
+def prune_run(zoo, entry, kind, layers, args) -> tuple[dict, dict]:
+    """One greedy pruning run on a masked copy of the model: (row values, mask tensors)."""
+    model = attach_masks(copy.deepcopy(without_state_requantization(entry.model))).to(zoo.device)
+    val, test = zoo.batches("val"), zoo.batches("test")
+    before = {
+        "val_accuracy_unpruned": evaluate(model, val, "conv", zoo.device),
+        "test_accuracy_unpruned": evaluate(model, test, "conv", zoo.device),
+        **savings(model, "_unpruned"),
+    }
+    threshold = before["val_accuracy_unpruned"] - args.tolerance / 100
+    result = prune(model, kind, lambda: accuracy_at_least(model, val, threshold), layers, args.max_candidates)
+    values = {
+        "candidates": result.candidates,
+        "pruned": len(result.pruned),
+        "pruned_fraction": len(result.pruned) / max(result.candidates, 1),
+        "evaluations": result.evaluations,
+        **before,
+        "val_accuracy": evaluate(model, val, "conv", zoo.device),
+        "test_accuracy": evaluate(model, test, "conv", zoo.device),
+        **savings(model),
+    }
+    return values, {name: mask.cpu() for name, mask in mask_tensors(model).items()}
+
+
+def save_masks(masks: dict, path) -> None:
+    atomic_write(path, lambda f: torch.save(masks, f), "wb")
+
+
+def run_all(zoo, models, table, setup_key, args):
+    todo = [r for r in runs(models, args.kinds) if not table.done(setup=setup_key, model=r[0].name, kind=r[1], scope=r[2])]
+    for entry, kind, scope, layers in tqdm(todo, desc=NAME, unit="run"):
+        start = time.time()
+        values, masks = prune_run(zoo, entry, kind, layers, args)
+        save_masks(masks, args.out / "masks" / f"{entry.name}-{kind}-{scope}.pt")
+        table.add({
+            "setup": setup_key, "model": entry.name, "method": entry.method, "bits": entry.bits,
+            "kind": kind, "scope": scope, **values, "tolerance": args.tolerance,
+            "samples": zoo.samples("val"), "seconds": round(time.time() - start, 2),
+        })
+        tqdm.write(f"{entry.name} {kind} {scope}: pruned {values['pruned']}/{values['candidates']} in {values['evaluations']} evaluations")
+
+
+# -- plots and summary ---------------------------------------------------------------------------------
+def bar_labels(grid):
+    for ax in grid.axes.flat:
+        for container in ax.containers:
+            ax.bar_label(container, fmt="%.2f", fontsize=7)
+
+
+def plot(frame, args):
+    whole = frame[frame.scope == "model"]
+    grid = sns.catplot(data=whole, x="kind", y="pruned_fraction", hue="model", kind="bar", order=[k for k in KINDS if k in set(whole.kind)], height=3.3, aspect=1.3)
+    bar_labels(grid)
+    grid.set_axis_labels("pruned elements", "fraction pruned")
+    grid.ax.set_title(f"Greedy pruning, whole model, within {args.tolerance:g} point of the unpruned validation accuracy", fontsize=10)
+    save_figure(grid.figure, args.out / "pruned_fraction.png")
+
+    per_layer = frame[frame.scope != "model"]
+    if not per_layer.empty:
+        grid = sns.catplot(data=per_layer, x="scope", y="pruned_fraction", hue="model", col="kind", kind="bar", height=3.3, aspect=1.2, sharex=False)
+        bar_labels(grid)
+        grid.set_axis_labels("layer (pruned alone)", "fraction pruned")
+        save_figure(grid.figure, args.out / "per_layer.png")
+
+    relative = whole.assign(
+        crossbar_cells=whole.crossbar_cells / whole.crossbar_cells_unpruned,
+        adc_complexity=whole.adc_complexity / whole.adc_complexity_unpruned,
+    ).melt(id_vars=["model", "kind"], value_vars=["crossbar_cells", "adc_complexity"], var_name="metric", value_name="relative")
+    grid = sns.catplot(data=relative, x="kind", y="relative", hue="model", col="metric", kind="bar", height=3.3, aspect=1.1)
+    bar_labels(grid)
+    grid.set_axis_labels("pruned elements", "after / before pruning")
+    grid.figure.suptitle("Fused-crossbar cells (dead modes removed) and ADC complexity after whole-model pruning", y=1.04)
+    save_figure(grid.figure, args.out / "savings.png")
+
+
+def summary(frame) -> str:
+    columns = ["model", "kind", "scope", "pruned", "candidates", "pruned_fraction", "val_accuracy_unpruned", "val_accuracy", "test_accuracy", "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "evaluations"]
+    return frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    zoo = ModelZoo(study_setup(args), args.models_dir)
+    models = study_models(zoo, args.bits, "z25", methods=("float", "qat"))
+    setup_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)
+    table = ResultTable(args.out / "results.csv", KEY)
+    run_all(zoo, models, table, setup_key, args)
+    frame = table.frame()
+    wanted = {(e.name, kind, scope) for e, kind, scope, _ in runs(models, args.kinds)}
+    current = pd.Series([(m, k, s) in wanted for m, k, s in zip(frame.model, frame.kind, frame.scope)], index=frame.index, dtype=bool)
+    frame = frame[(frame.setup == setup_key) & current]
+    plot(frame, args)
+    print(summary(frame))
+    print(f"wrote {args.out / 'results.csv'}, masks and plots to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
