@@ -5,7 +5,8 @@
         .configs(...)                     (config of the analog Linears, config of the fused kernels)
     add_model_flags(parser)               --bits, --recipe: the PTQ and QAT models a study compares
     study_models(zoo, args)               [StudyModel(name, method, bits, model)]: float, PTQ, QAT
-    deploy(model, configs, calibration)   the model on crossbars (aimc_ssm.analog.to_analog)
+    Deployer(model, calibration)(configs) the model on crossbars (aimc_ssm.analog.to_analog), DAC
+                                          ranges calibrated once per model
     analog_accuracies(...)                accuracy over repeated, seeded noise draws
 
 Crossbar configs. The encoder, mixing and decoder Linears get the device file's config with the
@@ -19,7 +20,7 @@ increment away.
 The fed-back state. On a crossbar the state leaves through the ADC and returns through the DAC every
 step: the converters are its quantizers. A PTQ/QAT model's own digital state quantizer ([Z25]: 16
 bits, ranges re-taken from the batch at every step) is therefore not applied on the crossbar
-(`deploy` removes it): it would be a second rounding, finer than the converters, that no crossbar
+(the `Deployer` removes it): it would be a second rounding, finer than the converters, that no crossbar
 periphery performs, and it costs ten times the simulation time of the kernel itself.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .analog import inject_weight_noise, program, to_analog, training_noise
+from .analog import FusedS4D, inject_weight_noise, program, to_analog, training_noise
 from .devices import COMMON_KNOBS, DeviceError, load_device, parse_settings
 from .model import S4DModel
 from .precision import PrecisionSpec
@@ -196,13 +197,60 @@ def without_state_requantization(model: S4DModel) -> S4DModel:
     return model
 
 
-def deploy(model: S4DModel, configs, calibration: torch.Tensor) -> S4DModel:
-    """`model` on crossbars: analog Linears on configs[0], fused kernels on configs[1], calibrated DAC ranges.
+class Deployer:
+    """Puts one model on crossbars at any number of device settings, calibrating its DAC ranges once.
 
-    The model's digital state quantizer is not applied on the crossbar (see the module docstring)."""
-    linear_config, kernel_config = configs
-    source = without_state_requantization(model).to(calibration.device)
-    return to_analog(source, linear_config, ssm_rpu_config=kernel_config, calibration_inputs=calibration)
+    deployer(configs): the model with analog Linears on configs[0] and fused kernels on configs[1]
+    (aimc_ssm.analog.to_analog). The first call calibrates the DAC ranges on `calibration` inputs;
+    later calls reuse them, as they depend on the model's signals only, not on the device. The model's
+    digital state quantizer is not applied on the crossbar (see the module docstring).
+    """
+
+    def __init__(self, model: S4DModel, calibration: torch.Tensor):
+        self.source = without_state_requantization(model).to(calibration.device)
+        self.calibration = calibration
+        self.ranges: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, configs) -> S4DModel:
+        linear_config, kernel_config = configs
+        if self.ranges is None:
+            analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config, calibration_inputs=self.calibration)
+            self.ranges = dac_ranges(analog)
+            return analog
+        analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config)
+        set_dac_ranges(analog, self.ranges)
+        return analog
+
+
+def dac_modules(analog: S4DModel) -> dict:
+    """The analog modules with DAC ranges: encoder, decoder, every mixing (AnalogLinear) and SSM (FusedS4D)."""
+    names = ["encoder", "decoder"] + [f"blocks.{i}.{part}" for i in range(len(analog.blocks)) for part in ("mixing", "ssm")]
+    modules = dict(analog.named_modules())
+    return {name: modules[name] for name in names}
+
+
+def dac_ranges(analog: S4DModel) -> dict[str, torch.Tensor]:
+    """DAC range per analog module: (H,) per fused kernel, one value per Linear (empty: no DAC)."""
+    ranges = {}
+    for name, module in dac_modules(analog).items():
+        if isinstance(module, FusedS4D):
+            found = module.input_ranges()
+        else:
+            found = next((t.input_range.detach().reshape(1) for t in module.analog_tiles() if t.input_range is not None), None)
+        ranges[name] = torch.empty(0) if found is None else found.clone()
+    return ranges
+
+
+def set_dac_ranges(analog: S4DModel, ranges: dict[str, torch.Tensor]) -> None:
+    for name, module in dac_modules(analog).items():
+        if not len(ranges[name]):
+            continue
+        if isinstance(module, FusedS4D):
+            module.set_input_ranges(ranges[name])
+        else:
+            for tile in module.analog_tiles():
+                if tile.input_range is not None:
+                    tile.set_input_range(ranges[name].item())
 
 
 def seed_for(seed: int, repeat: int) -> int:
@@ -290,8 +338,15 @@ def with_weight_noise(model: S4DModel, sigma: float, target: str) -> S4DModel:
     model = copy.deepcopy(model)
     spec = precision_of(model) or PrecisionSpec.float()
     for block in model.blocks:
-        noisy = NoisySSMQuantization(spec, sigma, target).to(block.ssm.D.device)
-        if block.ssm.quant is not None:  # keep the calibrated ranges of static quantizers
-            noisy.load_state_dict(block.ssm.quant.state_dict())
-        block.ssm.quant = noisy
+        install_quantization(block.ssm, NoisySSMQuantization(spec, sigma, target))
     return model
+
+
+def install_quantization(ssm, quant: SSMQuantization) -> None:
+    """Make `quant` the layer's quantization, keeping the calibrated ranges and the state quantizer it had
+    (which `without_state_requantization` may have removed)."""
+    old = ssm.quant
+    if old is not None:
+        quant.load_state_dict(old.state_dict())
+        quant.state = old.state
+    ssm.quant = quant.to(ssm.D.device)

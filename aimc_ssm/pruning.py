@@ -38,6 +38,7 @@ aimc_ssm.metrics.adc_complexity.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -99,18 +100,24 @@ def attach_masks(model: S4DModel) -> S4DModel:
     """Give every SSM and Linear of `model` all-ones masks on its deployed values, in place; idempotent."""
     spec = precision_of(model) or PrecisionSpec.float()
     for ssm in ssm_layers(model).values():
-        if isinstance(ssm.quant, MaskedSSMQuantization):
-            continue
-        masked = MaskedSSMQuantization(spec, ssm.d_model, ssm.d_state // 2).to(ssm.D.device)
-        if ssm.quant is not None:  # keep the calibrated ranges of static quantizers
-            missing, unexpected = masked.load_state_dict(ssm.quant.state_dict(), strict=False)
-            assert not unexpected and set(missing) <= {"keep_mode", "keep_A", "keep_C"}, (missing, unexpected)
-        ssm.quant = masked
+        if not isinstance(ssm.quant, MaskedSSMQuantization):
+            install_masked_quantization(ssm, MaskedSSMQuantization(spec, ssm.d_model, ssm.d_state // 2))
     for linear in linear_layers(model).values():
         if weight_mask(linear) is None:
             # unsafe: the registration's trial call would fail on a static quantizer not yet calibrated
             parametrize.register_parametrization(linear, "weight", WeightMask(linear.weight.shape).to(linear.weight.device), unsafe=True)
     return model
+
+
+def install_masked_quantization(ssm, masked: MaskedSSMQuantization) -> None:
+    """Make `masked` the layer's quantization, keeping the calibrated ranges and the state quantizer it had."""
+    old = ssm.quant
+    if old is not None:
+        missing, unexpected = masked.load_state_dict(old.state_dict(), strict=False)
+        if unexpected or set(missing) - {"keep_mode", "keep_A", "keep_C"}:
+            raise ValueError(f"the layer's quantization does not match its model's spec: missing {missing}, unexpected {unexpected}")
+        masked.state = old.state
+    ssm.quant = masked.to(ssm.D.device)
 
 
 def mask_tensors(model: S4DModel) -> dict[str, torch.Tensor]:
@@ -253,17 +260,18 @@ def prune(model: S4DModel, kind: str, within_tolerance: Callable[[], bool], laye
 
 @torch.no_grad()
 def accuracy_at_least(model: nn.Module, batches, threshold: float, mode: str = "conv") -> bool:
-    """Whether `model`'s accuracy on `batches` reaches `threshold`; stops as soon as too many errors were made."""
+    """Whether `model`'s accuracy on `batches` reaches `threshold`; stops as soon as the answer is certain."""
     model.eval()
     total = sum(len(y) for _, y in batches)
-    allowed_errors = total - torch.tensor(threshold * total - 1e-9).ceil().item()
-    errors = 0
+    needed = math.ceil(threshold * total - 1e-9)  # correct answers
+    correct = seen = 0
     device = next(model.parameters()).device
     for x, y in batches:
-        errors += (model(x.to(device), mode).argmax(-1) != y.to(device)).sum().item()
-        if errors > allowed_errors:
-            return False
-    return True
+        correct += (model(x.to(device), mode).argmax(-1) == y.to(device)).sum().item()
+        seen += len(y)
+        if correct >= needed or correct + (total - seen) < needed:
+            break
+    return correct >= needed
 
 
 # -- what pruning saves -------------------------------------------------------------------------------

@@ -67,11 +67,11 @@ from tqdm.auto import tqdm
 from aimc_ssm.analog import DRIFT_TIMES, program
 from aimc_ssm.analog_study import (
     NOISE_TARGETS,
+    Deployer,
     DeviceSettings,
     add_device_flags,
     analog_accuracies,
     calibration_inputs,
-    deploy,
     seed_for,
     study_key,
     study_models,
@@ -200,8 +200,9 @@ def run_gaussian(zoo, models, table, setup_key, args):
                 accuracies = [math.nan] * repeats
         seconds = round((time.time() - start) / repeats, 2)
         for repeat, accuracy in enumerate(accuracies):
-            table.add({"setup": setup_key, "experiment": experiment, **row(entry, target=target, noise=sigma, train_noise=sigma if experiment == "hwa" else 0.0),
-                       "repeat": repeat, "accuracy": accuracy, "samples": zoo.samples("test"), "seconds": seconds})
+            if not table.done(setup=setup_key, experiment=experiment, model=entry.name, target=target, noise=sigma, t_inference=0.0, repeat=repeat):
+                table.add({"setup": setup_key, "experiment": experiment, **row(entry, target=target, noise=sigma, train_noise=sigma if experiment == "hwa" else 0.0),
+                           "repeat": repeat, "accuracy": accuracy, "samples": zoo.samples("test"), "seconds": seconds})
 
 
 # -- device noise on crossbars ---------------------------------------------------------------------------
@@ -228,6 +229,7 @@ def run_device(zoo, models, devices, table, setup_key, args):
     if "drift" in args.experiments:
         points += [("drift", e, s) for e in models for s in args.drift_noise_scales]
     times = list(DRIFT_TIMES.values())
+    deployers = {}
     todo = [
         (experiment, entry, scale) for experiment, entry, scale in points
         if not all(all_done(table, setup_key, experiment, entry, "crossbars", scale, t, repeats_for(scale, args)) for t in (times if experiment == "drift" else [first_time]))
@@ -235,7 +237,7 @@ def run_device(zoo, models, devices, table, setup_key, args):
     for experiment, entry, scale in tqdm(todo, desc=f"{NAME}: device", unit="point"):
         start = time.time()
         repeats = repeats_for(scale, args)
-        analog = deploy(entry.model, devices.configs(noise_scale=scale), calibration)
+        analog = deployers.setdefault(entry.name, Deployer(entry.model, calibration))(devices.configs(noise_scale=scale))
         if experiment == "device":
             runs = [[a] for a in analog_accuracies(analog, batches, repeats, args.seed, first_time, zoo.device)]
             read_times = [first_time]

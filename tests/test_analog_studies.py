@@ -1,6 +1,7 @@
-"""Smoke tests of the analog studies: each --quick run writes its CSV and plots, and a rerun resumes
-instead of measuring again. On the small `digits` data set so that CI stays fast; the models
-directory is shared, so the float and QAT models are trained once for all three."""
+"""The analog studies: each --quick run writes its CSV and plots, and a rerun resumes instead of
+measuring again; and their shared helpers (aimc_ssm.analog_study). The studies run on the small
+`digits` data set so that CI stays fast; the models directory is shared, so the float and QAT
+models are trained once for all three."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+from aimc_ssm.analog_study import Deployer, DeviceSettings, dac_ranges, with_weight_noise, without_state_requantization
+from aimc_ssm.model import ModelConfig, S4DModel
+from aimc_ssm.precision import PrecisionSpec
+from aimc_ssm.quantize import quantize_
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--quick", "--dataset", "digits", "--compute", "cpu"]
@@ -99,3 +106,61 @@ def test_pruning_quick_writes_rows_masks_and_plots_and_resumes(tmp_path, models)
     for plot in ("pruned_fraction", "per_layer", "savings"):
         assert (out / f"{plot}.png").stat().st_size > 0
     check_resumes("pruning", out, models)
+
+
+# -- the shared helpers (aimc_ssm.analog_study) --------------------------------------------------------
+def tiny_model() -> S4DModel:
+    torch.manual_seed(0)
+    model = S4DModel(ModelConfig(d_input=1, d_output=3, d_model=3, d_state=6)).eval()
+    with torch.no_grad():
+        model.blocks[0].ssm.log_dt.fill_(-2.5)
+    return model
+
+
+def test_device_settings_give_the_kernels_their_own_adc_range_and_scale_the_noise():
+    settings = DeviceSettings("pcm", {"adc_bits": 10}, kernel_adc_range=1.5)
+    linear, kernel = settings.configs()
+    assert linear.forward.out_bound == 10.0 and kernel.forward.out_bound == 1.5  # pcm's out_bound for the Linears
+    assert linear.forward.out_res == kernel.forward.out_res == 1 / (2**10 - 2)
+    assert kernel.forward.out_noise == linear.forward.out_noise == 0.04
+    quiet_linear, quiet_kernel = settings.configs(noise_scale=0.1, dac_bits=12)
+    assert quiet_kernel.forward.out_noise == pytest.approx(0.004) and quiet_linear.forward.inp_res == 1 / (2**12 - 2)
+    assert quiet_kernel.noise_model.prog_noise_scale == pytest.approx(0.1 * linear.noise_model.prog_noise_scale)
+    assert quiet_kernel.noise_model.drift_scale == pytest.approx(0.1 * linear.noise_model.drift_scale)
+    own_noise = DeviceSettings("pcm", kernel_out_noise=0.01).configs(noise_scale=0.5)[1]
+    assert own_noise.forward.out_noise == pytest.approx(0.005)
+    ideal_linear, ideal_kernel = DeviceSettings("ideal").configs(noise_scale=0.0)  # no converters: nothing to set
+    assert ideal_linear.forward.is_perfect and ideal_kernel.forward.is_perfect
+
+
+def test_deployer_calibrates_once_and_reuses_the_ranges():
+    model = quantize_(tiny_model(), PrecisionSpec.z25(8))
+    calibration = torch.randn(8, 20, 1)
+    deployer = Deployer(model, calibration)
+    assert not any(block.ssm.quant.requantizes_state for block in deployer.source.blocks)  # the converters do it
+    assert model.blocks[0].ssm.quant.requantizes_state  # the model itself is left alone
+    first = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=12))
+    again = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=10))
+    ranges = dac_ranges(first)
+    assert ranges["blocks.0.ssm"].shape == (3,) and all(torch.equal(ranges[k], v) for k, v in dac_ranges(again).items())
+    x = torch.randn(4, 20, 1)
+    with torch.no_grad():
+        assert not torch.equal(first(x), again(x))  # other ADC bits, same ranges
+
+
+def test_weight_noise_on_A_and_A_bar():
+    model = quantize_(tiny_model(), PrecisionSpec.z25(8))
+    clean = without_state_requantization(model)
+    dA = clean.blocks[0].ssm.ssm_parameters()[0].detach()
+    silent = with_weight_noise(clean, 0.0, "A_bar")
+    assert torch.equal(silent.blocks[0].ssm.ssm_parameters()[0], dA)
+    assert not silent.blocks[0].ssm.quant.requantizes_state  # the state quantizer the model had is kept
+    torch.manual_seed(0)
+    noisy = with_weight_noise(clean, 0.05, "A_bar").blocks[0].ssm
+    draws = torch.stack([noisy.ssm_parameters()[0].detach() - dA for _ in range(200)])
+    assert draws.real.std().item() == pytest.approx(2 * 0.05 * dA.real.abs().max().item(), rel=0.1)  # 5 % of the range
+    continuous = with_weight_noise(clean, 0.05, "A").blocks[0].ssm
+    perturbed = continuous.ssm_parameters()[0].detach()
+    assert not torch.equal(perturbed, dA) and (perturbed - dA).abs().max() < draws.abs().max()  # dt shrinks it
+    with pytest.raises(ValueError, match="unknown noise target"):
+        with_weight_noise(clean, 0.01, "B")
