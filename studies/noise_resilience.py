@@ -306,6 +306,7 @@ def plot_drift(frame, args):
     grid = sns.relplot(data=rows, x="t_inference", y="accuracy", hue="model", style="noise_scale", markers=True, kind="line", errorbar="sd", height=3.3, aspect=1.4)
     grid.ax.set_xscale("log")
     grid.ax.set_xticks(list(DRIFT_TIMES.values()), list(DRIFT_TIMES))
+    grid.ax.minorticks_off()
     grid.ax.set_ylim(0, 1)
     grid.ax.axhline(0.1, color="lightgray", linestyle=":", linewidth=1)
     grid.set_axis_labels("time after programming", "test accuracy")

@@ -15,7 +15,7 @@ stays within --tolerance (1 point) of the unpruned model's:
 Masks act on the deployed parameters, after the QAT model's quantizers, so they persist through
 quantization and onto the crossbars. Accepting groups of candidates (doubling after an accepted group,
 bisecting a rejected one) is the batched variant of one-at-a-time greedy described in
-aimc_ssm.pruning; an evaluation stops early once the errors exceed the tolerance.
+aimc_ssm.pruning; an evaluation stops as soon as its verdict is certain.
 After pruning: the fused crossbars without dead modes (a mode is dead when its deployed C_n or B̄_n is
 zero): inputs 2 + 2·live, outputs 1 + 2·live per channel; and the ADC complexity of the outputs still
 converted, at the model's bits (float: 32), as aimc_ssm.pruning.pruned_adc_complexity counts them.
@@ -23,19 +23,26 @@ converted, at the model's bits (float: 32), as aimc_ssm.pruning.pruned_adc_compl
 22 %, linear 47 % vs 55 %.
 
 Accuracies are in convolution mode, which computes the deployed recurrence exactly when the state is
-not re-quantized (the crossbar's converters quantize it instead, see aimc_ssm.analog_study).
+not re-quantized (the crossbar's converters quantize it instead, see aimc_ssm.analog_study). The
+analog check then deploys the unpruned and every pruned model on the --device's crossbars
+(aimc_ssm.analog.to_analog: the zeros are on the fused kernels and the analog Linears) with the
+converters at 16 bits unless --adc-bits / --dac-bits say otherwise, and every noise source of the
+device x --noise-scale (default 0: converters only; else programmed once, read at 1 s).
 
-    python studies/pruning.py --quick      # about a minute on 2 cores: 48 candidates per run
-    python studies/pruning.py              # about 10-15 minutes on 2 cores on a fresh set-up
+    python studies/pruning.py --quick      # about half a minute on 2 cores: 48 candidates per run
+    python studies/pruning.py              # about 25 minutes on 2 cores on a fresh set-up
     python studies/pruning.py --kinds structured --bits 8 6 --tolerance 0.5
+    python studies/pruning.py --adc-bits 12 --noise-scale 0.01   # reuses the masks: only the check runs
 
 Defaults: the [Z25] model on smnist, float and QAT at 8 bits; all three kinds; the whole validation
 split decides, the whole test split reports. --quick: 3-epoch models, 100 samples, the 48 smallest
-candidates of each run. The pruning masks are saved as results/pruning/masks/<model>-<kind>-<scope>.pt
-(aimc_ssm.pruning.load_masks puts them on a model).
+candidates of each run. The masks are saved as results/pruning/masks/<hash>/<model>-<kind>-<scope>.pt
+({"masks", "candidates", "pruned", "evaluations"}; aimc_ssm.pruning.load_masks puts them on a model),
+the hash naming the models, subsets, tolerance and candidate limit: a run with other device settings
+reuses them instead of pruning again.
 
 results/pruning/results.csv, one row per pruning run (a killed run resumes):
-    setup                  hash of the models, evaluation subsets and settings
+    setup                  hash of the models, evaluation subsets, pruning and device settings
     model                  "float" or "qat-<bits>";  method, bits: its method and bit width (32: float)
     kind, scope            what was pruned, and where ("model" or a layer name)
     candidates             elements tried;  pruned: elements kept zero;  pruned_fraction: pruned / candidates
@@ -45,6 +52,7 @@ results/pruning/results.csv, one row per pruning run (a killed run resumes):
     live_modes, crossbar_rows, crossbar_cols, crossbar_cells, adc_complexity   after pruning,
         and the same with suffix _unpruned before (rows, cols: of the largest channel crossbar;
         cells: over all channels' crossbars)
+    analog_accuracy_unpruned, analog_accuracy   test accuracy on the device's crossbars (the analog check)
     tolerance, samples, seconds
 Plots in results/pruning/: pruned_fraction.png (whole model, per kind and model), per_layer.png
 (each layer alone), savings.png (crossbar cells and ADC complexity after pruning, relative to unpruned).
@@ -52,6 +60,7 @@ Plots in results/pruning/: pruned_fraction.png (whole model, per kind and model)
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import pandas as pd
@@ -59,13 +68,25 @@ import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from aimc_ssm.analog_study import study_key, study_models, without_state_requantization
+from aimc_ssm.analog import DRIFT_TIMES
+from aimc_ssm.analog_study import (
+    Deployer,
+    DeviceSettings,
+    add_device_flags,
+    analog_accuracies,
+    calibration_inputs,
+    study_key,
+    study_models,
+    without_state_requantization,
+)
+from aimc_ssm.devices import DeviceError
 from aimc_ssm.pruning import (
     KINDS,
     accuracy_at_least,
     attach_masks,
     crossbar_report,
     layer_names,
+    load_masks,
     mask_tensors,
     prune,
     pruned_adc_complexity,
@@ -77,11 +98,14 @@ from aimc_ssm.zoo import ModelZoo
 NAME = "pruning"
 KEY = ["setup", "model", "kind", "scope"]
 QUICK_CANDIDATES = 48
+CONVERTER_BITS = 16  # of the analog check, unless --adc-bits / --dac-bits say otherwise
 
 
 def parse_args(argv=None):
     parser = study_parser(NAME, __doc__)
     add_threads_flag(parser)
+    add_device_flags(parser)
+    parser.add_argument("--noise-scale", type=float, default=0.0, help="the device's noise sources x this in the analog check (default: %(default)s, converters only)")
     parser.add_argument("--bits", nargs="+", type=int, default=[8], help="bit widths of the QAT models (z25 recipe; default: %(default)s)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="default: all three")
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the pruned model may lose on the validation subset (default: %(default)s)")
@@ -89,8 +113,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick and args.max_candidates is None:
         args.max_candidates = QUICK_CANDIDATES
-    if args.tolerance < 0:
-        parser.error("--tolerance must be >= 0")
+    if args.tolerance < 0 or args.noise_scale < 0:
+        parser.error("--tolerance and --noise-scale must be >= 0")
+    args.adc_bits = CONVERTER_BITS if args.adc_bits is None else args.adc_bits
+    args.dac_bits = CONVERTER_BITS if args.dac_bits is None else args.dac_bits
     return args
 
 
@@ -111,8 +137,10 @@ def savings(model, suffix="") -> dict:
     return {f"{k}{suffix}": v for k, v in report.items()}
 
 
-def prune_run(zoo, entry, kind, layers, args) -> tuple[dict, dict]:
-    """One greedy pruning run on a masked copy of the model: (row values, mask tensors)."""
+def prune_run(zoo, entry, kind, layers, mask_path, args):
+    """One greedy pruning run on a masked copy of the model, or its saved masks if an earlier run left them.
+
+    Returns the row's pruning and digital values, and the pruned model."""
     model = attach_masks(copy.deepcopy(without_state_requantization(entry.model))).to(zoo.device)
     val, test = zoo.batches("val"), zoo.batches("test")
     before = {
@@ -120,35 +148,47 @@ def prune_run(zoo, entry, kind, layers, args) -> tuple[dict, dict]:
         "test_accuracy_unpruned": evaluate(model, test, "conv", zoo.device),
         **savings(model, "_unpruned"),
     }
-    threshold = before["val_accuracy_unpruned"] - args.tolerance / 100
-    result = prune(model, kind, lambda: accuracy_at_least(model, val, threshold), layers, args.max_candidates)
-    values = {
-        "candidates": result.candidates,
-        "pruned": len(result.pruned),
-        "pruned_fraction": len(result.pruned) / max(result.candidates, 1),
-        "evaluations": result.evaluations,
+    if mask_path.exists():
+        saved = torch.load(mask_path, weights_only=True)
+        load_masks(model, saved.pop("masks"))
+    else:
+        threshold = before["val_accuracy_unpruned"] - args.tolerance / 100
+        result = prune(model, kind, lambda: accuracy_at_least(model, val, threshold), layers, args.max_candidates)
+        saved = {"candidates": result.candidates, "pruned": len(result.pruned), "evaluations": result.evaluations}
+        masks = {name: mask.cpu() for name, mask in mask_tensors(model).items()}
+        atomic_write(mask_path, lambda f: torch.save({"masks": masks, **saved}, f), "wb")
+    return {
+        **saved,
+        "pruned_fraction": saved["pruned"] / max(saved["candidates"], 1),
         **before,
         "val_accuracy": evaluate(model, val, "conv", zoo.device),
         "test_accuracy": evaluate(model, test, "conv", zoo.device),
         **savings(model),
-    }
-    return values, {name: mask.cpu() for name, mask in mask_tensors(model).items()}
+    }, model
 
 
-def save_masks(masks: dict, path) -> None:
-    atomic_write(path, lambda f: torch.save(masks, f), "wb")
+def analog_accuracy(zoo, model, devices, calibration, args) -> float:
+    """Test accuracy of `model` on the device's crossbars, every noise source x --noise-scale (programmed once)."""
+    analog = Deployer(model, calibration)(devices.configs(noise_scale=args.noise_scale))
+    t_inference = DRIFT_TIMES["1s"] if args.noise_scale > 0 else None  # no noise: the tiles keep their targets
+    return analog_accuracies(analog, zoo.batches("test"), 1, args.seed, t_inference, zoo.device)[0]
 
 
-def run_all(zoo, models, table, setup_key, args):
+def run_all(zoo, models, devices, table, setup_key, mask_dir, args):
     todo = [r for r in runs(models, args.kinds) if not table.done(setup=setup_key, model=r[0].name, kind=r[1], scope=r[2])]
+    calibration = calibration_inputs(zoo).to(zoo.device)
+    unpruned_analog = {}
     for entry, kind, scope, layers in tqdm(todo, desc=NAME, unit="run"):
         start = time.time()
-        values, masks = prune_run(zoo, entry, kind, layers, args)
-        save_masks(masks, args.out / "masks" / f"{entry.name}-{kind}-{scope}.pt")
+        if entry.name not in unpruned_analog:
+            unpruned_analog[entry.name] = analog_accuracy(zoo, entry.model, devices, calibration, args)
+        values, pruned_model = prune_run(zoo, entry, kind, layers, mask_dir / f"{entry.name}-{kind}-{scope}.pt", args)
         table.add({
             "setup": setup_key, "model": entry.name, "method": entry.method, "bits": entry.bits,
-            "kind": kind, "scope": scope, **values, "tolerance": args.tolerance,
-            "samples": zoo.samples("val"), "seconds": round(time.time() - start, 2),
+            "kind": kind, "scope": scope, **values,
+            "analog_accuracy_unpruned": unpruned_analog[entry.name],
+            "analog_accuracy": analog_accuracy(zoo, pruned_model, devices, calibration, args),
+            "tolerance": args.tolerance, "samples": zoo.samples("val"), "seconds": round(time.time() - start, 2),
         })
         tqdm.write(f"{entry.name} {kind} {scope}: pruned {values['pruned']}/{values['candidates']} in {values['evaluations']} evaluations")
 
@@ -187,18 +227,27 @@ def plot(frame, args):
 
 
 def summary(frame) -> str:
-    columns = ["model", "kind", "scope", "pruned", "candidates", "pruned_fraction", "val_accuracy_unpruned", "val_accuracy", "test_accuracy", "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "evaluations"]
+    columns = [
+        "model", "kind", "scope", "pruned", "candidates", "pruned_fraction", "val_accuracy_unpruned", "val_accuracy", "test_accuracy",
+        "analog_accuracy_unpruned", "analog_accuracy", "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "evaluations",
+    ]
     return frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        devices = DeviceSettings.from_args(args)
+        devices.configs(noise_scale=args.noise_scale)  # a device whose noise cannot be scaled fails here, before training
+    except DeviceError as err:
+        sys.exit(f"error: {err}")
     zoo = ModelZoo(study_setup(args), args.models_dir)
     models = study_models(zoo, args.bits, "z25", methods=("float", "qat"))
-    setup_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)
+    pruning_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)
+    setup_key = study_key(zoo, pruning=pruning_key, devices=devices.as_dict(), noise_scale=args.noise_scale, seed=args.seed)
     table = ResultTable(args.out / "results.csv", KEY)
-    run_all(zoo, models, table, setup_key, args)
+    run_all(zoo, models, devices, table, setup_key, args.out / "masks" / pruning_key, args)
     frame = table.frame()
     wanted = {(e.name, kind, scope) for e, kind, scope, _ in runs(models, args.kinds)}
     current = pd.Series([(m, k, s) in wanted for m, k, s in zip(frame.model, frame.kind, frame.scope)], index=frame.index, dtype=bool)

@@ -51,8 +51,7 @@ def check_resumes(name: str, out: Path, models: Path, *extra) -> pd.DataFrame:
 def test_help_documents_flags_and_columns(name):
     text = run_study(name, "--help").stdout
     assert "--quick" in text and "results.csv" in text and "accuracy" in text
-    if name != "pruning":
-        assert all(flag in text for flag in ("--device", "--adc-range", "--out-noise", "--tile-size", "--kernel-adc-range"))
+    assert all(flag in text for flag in ("--device", "--adc-bits", "--dac-bits", "--adc-range", "--out-noise", "--tile-size", "--kernel-adc-range"))
 
 
 def test_adc_sweep_quick_writes_rows_and_plots_and_resumes(tmp_path, models):
@@ -95,17 +94,29 @@ def test_pruning_quick_writes_rows_masks_and_plots_and_resumes(tmp_path, models)
     out = tmp_path / "pruning"
     run_study("pruning", *QUICK, "--out", out, "--models-dir", models)
     frame = pd.read_csv(out / "results.csv")
-    assert {"setup", "model", "kind", "scope", "candidates", "pruned", "pruned_fraction", "val_accuracy", "test_accuracy", "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned"} <= set(frame.columns)
+    assert {
+        "setup", "model", "kind", "scope", "candidates", "pruned", "pruned_fraction", "val_accuracy", "test_accuracy",
+        "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "analog_accuracy", "analog_accuracy_unpruned",
+    } <= set(frame.columns)
     assert set(frame.model) == {"float", "qat-8"} and set(frame.kind) == {"structured", "unstructured", "linear"}
     assert set(frame[frame.kind == "linear"].scope) == {"model", "encoder", "blocks.0.mixing", "decoder"}
     assert (frame.val_accuracy >= frame.val_accuracy_unpruned - 0.01 - 1e-9).all()  # within the 1-point tolerance
     assert (frame.crossbar_cells <= frame.crossbar_cells_unpruned).all() and (frame.candidates <= 48).all()
     structured = frame[frame.kind == "structured"]
     assert (structured.pruned > 0).all() and (structured.crossbar_cells < structured.crossbar_cells_unpruned).all()
-    assert len(list((out / "masks").glob("*.pt"))) == len(frame)
+    # on 16-bit converters without noise the crossbars compute what the pruned digital model does
+    assert (frame.analog_accuracy - frame.test_accuracy).abs().max() <= 0.05
+    assert len(list((out / "masks").glob("*/*.pt"))) == len(frame)
     for plot in ("pruned_fraction", "per_layer", "savings"):
         assert (out / f"{plot}.png").stat().st_size > 0
     check_resumes("pruning", out, models)
+
+    # other device settings: the saved masks are reused, only the analog check runs again
+    run_study("pruning", *QUICK, "--out", out, "--models-dir", models, "--adc-bits", "8")
+    rerun = pd.read_csv(out / "results.csv")
+    other = rerun[rerun.setup != frame.setup.iloc[0]].set_index(["model", "kind", "scope"]).sort_index()
+    first = frame.set_index(["model", "kind", "scope"]).sort_index()
+    assert len(other) == len(frame) and (other.pruned == first.pruned).all() and (other.evaluations == first.evaluations).all()
 
 
 # -- the shared helpers (aimc_ssm.analog_study) --------------------------------------------------------
