@@ -98,7 +98,7 @@ class ModelZoo:
         x, y = dataset.tensors
         n = len(y) if self.setup.test_samples is None else min(self.setup.test_samples, len(y))
         size = self.setup.train.batch_size
-        return [(x[i : i + size], y[i : i + size]) for i in range(0, n, size)]
+        return [(x[i : min(i + size, n)], y[i : min(i + size, n)]) for i in range(0, n, size)]
 
     def calibration_batches(self) -> list:
         """The first training batches in the seeded training order (what qat_model calibrates on)."""

@@ -22,12 +22,13 @@ columns and the y column of every kernel, the mixing outputs, and the encoder an
 which is linear in the bits and the same for every model.
 
 On pcm (8-bit converters, out_noise 0.04, PCM programming noise, drift and 1/f read noise), expect the
-fused kernel to need about 12-14 bits in both converters, and its recurrence to lose everything to the
-device noise: the state matrix Ā of this model has |Ā| within 1e-3 of 1, and noise of ~1 % of a
-column's range moves eigenvalues outside the unit circle (see studies/noise_resilience.py).
+fused kernel to need about 12 bits in both converters (8 bits: below 30 %), and its recurrence to lose
+everything to the device noise: the state matrix Ā of this model has |Ā| within 1e-3 of 1, and noise
+of 0.1-0.2 % of Ā's range already moves eigenvalues outside the unit circle over 784 steps (see
+studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
 
     python studies/adc_sweep.py --quick     # about a minute on 2 cores (3-epoch models)
-    python studies/adc_sweep.py             # about 5 minutes on 2 cores on a fresh set-up, training included
+    python studies/adc_sweep.py             # about 4.5 minutes on 2 cores on a fresh set-up, training included
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
 Defaults: the [Z25] model (H=16, N=64, 1 layer) on the embedded smnist, float 20 epochs, QAT 5

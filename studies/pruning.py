@@ -212,17 +212,19 @@ def plot(frame, args):
     if not per_layer.empty:
         grid = sns.catplot(data=per_layer, x="scope", y="pruned_fraction", hue="model", col="kind", kind="bar", height=3.3, aspect=1.2, sharex=False)
         bar_labels(grid)
+        grid.set_titles("{col_name} pruning, one layer at a time")
         grid.set_axis_labels("layer (pruned alone)", "fraction pruned")
         save_figure(grid.figure, args.out / "per_layer.png")
 
-    relative = whole.assign(
-        crossbar_cells=whole.crossbar_cells / whole.crossbar_cells_unpruned,
-        adc_complexity=whole.adc_complexity / whole.adc_complexity_unpruned,
-    ).melt(id_vars=["model", "kind"], value_vars=["crossbar_cells", "adc_complexity"], var_name="metric", value_name="relative")
+    metrics = {"crossbar_cells": "fused-crossbar cells (dead modes removed)", "adc_complexity": "ADC complexity"}
+    relative = whole.assign(**{
+        label: whole[name] / whole[f"{name}_unpruned"] for name, label in metrics.items()
+    }).melt(id_vars=["model", "kind"], value_vars=list(metrics.values()), var_name="metric", value_name="relative")
     grid = sns.catplot(data=relative, x="kind", y="relative", hue="model", col="metric", kind="bar", height=3.3, aspect=1.1)
     bar_labels(grid)
+    grid.set_titles("{col_name}")
     grid.set_axis_labels("pruned elements", "after / before pruning")
-    grid.figure.suptitle("Fused-crossbar cells (dead modes removed) and ADC complexity after whole-model pruning", y=1.04)
+    grid.figure.suptitle("What whole-model pruning saves", y=1.04)
     save_figure(grid.figure, args.out / "savings.png")
 
 
