@@ -29,6 +29,15 @@ Scaling, with aihwkit's own mechanisms on every crossbar (an `AnalogLinear` tile
            column then reads about x_t / r_h, within ±1, so an ADC range of 1-2 suits the kernel; with
            aihwkit's default out_bound 12 a 4-bit ADC rounds every state to 0, and 8 bits leave under 5.
            Pass a kernel-specific config as `to_analog(..., ssm_rpu_config=...)`.
+State mapping. The state x_t leaves through the ADC and returns through the DAC every step, on the
+grid of its channel's DAC range. Its modes differ in size by orders of magnitude (a slow mode integrates
+hundreds of inputs, a fast one a few), so on one grid the small modes are rounded away, and a mode whose
+per-step change is below half an ADC level stops moving (the dead band of fixed-point recursive
+filters). "balanced" (the default where calibration inputs are given) maps each mode as x/s_n, with
+s_n = peak |x_n| / peak |u| of its channel on the calibration inputs: a similarity transform that
+leaves Ā unchanged and holds B̄/s_n and s_n·C̄, computes the same y, and gives every mode the input's
+range on the converters. "direct" holds the state as it is, as [S24] draws it.
+
 Digital around the crossbar: the ADC's state passes the state quantizer of a PTQ/QAT model (its
 `quant.state`, where the model re-quantizes the state) and is fed back through the DAC next step; y is
 aligned back to y_t. A PTQ/QAT model's quantized Ā, B̄, C, D are what the crossbars hold; its
@@ -68,11 +77,13 @@ def crossbar_matrices(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, D: to
     return W
 
 
-def crossbar_level_steps(ssm: S4D) -> torch.Tensor | None:
-    """Grid step of every crossbar cell (H, N+1, N+2) a PTQ/QAT quantizer put on a uniform grid, else 0.
+def crossbar_grid_steps(ssm: S4D) -> tuple[torch.Tensor, ...] | None:
+    """Grid steps (Ā, B̄, C (H, n) complex; D (H,)) of the parts a PTQ/QAT quantizer put on a uniform
+    grid, 0 elsewhere; None for a model without quantized SSM parameters.
 
-    Cells are then integer levels times their step. Ā and B̄ are on a grid where they are quantized
-    after discretization, Ā in cartesian form only (polar Ā is on a grid of |Ā| and ∠Ā); C, D always.
+    Cells are then integer levels times their step (`crossbar_matrices` of the steps). Ā and B̄ are on
+    a grid where they are quantized after discretization, Ā in cartesian form only (polar Ā is on a
+    grid of |Ā| and ∠Ā); C, D always.
     """
     from .quantizers import to_planes
     from .s4d import discretize
@@ -98,7 +109,10 @@ def crossbar_level_steps(ssm: S4D) -> torch.Tensor | None:
         step_A = step_B = torch.zeros_like(dA)
     else:
         step_A, step_B = steps(quant.A, dA), steps(quant.B, dB)
-    return crossbar_matrices(step_A, step_B, steps(quant.C, C), steps(quant.D, ssm.D)).abs()
+    grid_steps = (step_A, step_B, steps(quant.C, C), steps(quant.D, ssm.D))
+    if not any(step.abs().amax() > 0 for step in grid_steps):  # every quantizer float, as in a pruned float model
+        return None
+    return tuple(step.detach().cpu() for step in grid_steps)
 
 
 def real_state(x: torch.Tensor) -> torch.Tensor:
@@ -255,11 +269,20 @@ def check_crossbar_fits(mapping, n_in: int, n_out: int) -> None:
         )
 
 
+STATE_MAPPINGS = ("balanced", "direct")  # see the module docstring
+
+
+def check_state_mapping(state_mapping: str) -> None:
+    if state_mapping not in STATE_MAPPINGS:
+        raise ValueError(f"unknown state mapping {state_mapping!r}; choose one of {STATE_MAPPINGS}")
+
+
 class FusedS4D(nn.Module):
     """An S4D layer deployed as H fused crossbars (aihwkit tiles); (B, L, H) -> (B, L, H), recurrent, inference.
 
-    Built from a trained (float, PTQ or QAT) S4D through its `ssm_parameters()`. Programming noise and
-    drift act on the tiles (`program`); the forward reads their current weights and scales.
+    Built from a trained (float, PTQ or QAT) S4D through its `ssm_parameters()`, with the state mapped
+    directly until `calibrate` sets the DAC ranges and the state mapping. Programming noise and drift
+    act on the tiles (`program`, after calibration); the forward reads their current weights and scales.
     """
 
     def __init__(self, ssm: S4D, rpu_config):
@@ -273,20 +296,23 @@ class FusedS4D(nn.Module):
         # state quantizer of a PTQ/QAT model: digital, applied to the state fed back every step
         quant = ssm.quant
         self.state_quantizer = quant.state if quant is not None and quant.requantizes_state else None
-        omega = config.mapping.weight_scaling_omega or 1.0
+        self.omega = config.mapping.weight_scaling_omega or 1.0
         with torch.no_grad():
-            weights = crossbar_matrices(*(p.detach().cpu() for p in ssm.ssm_parameters()))
-            steps = crossbar_level_steps(ssm)
-        # grid step of the cells a PTQ/QAT quantizer put on a uniform grid (0 elsewhere), for export
-        self.register_buffer("level_steps", None if steps is None else steps.cpu())
-        self.crossbars = nn.ModuleList()
-        for W in weights:
-            layer = AnalogLinear(
-                n_in, n_out, bias=False, rpu_config=copy.deepcopy(config), tile_module_class=config.tile_class
-            )
-            layer.set_weights(W, None, weight_scaling_omega=omega)  # W/α on the tile, α in digital
-            self.crossbars.append(layer)
+            dA, dB, C, D = (p.detach() for p in ssm.ssm_parameters())
+        # the deployed discrete system, which the crossbars hold under the current state mapping
+        self.register_buffer("A_bar", dA)  # (H, n) complex
+        self.register_buffer("B_bar", dB)  # (H, n) complex
+        self.register_buffer("C", C)  # (H, n) complex
+        self.register_buffer("D", D)  # (H,)
+        self.register_buffer("state_scales", torch.ones(dA.shape, device=dA.device))  # (H, n): crossbar state x/s
+        # grid steps of the parts a PTQ/QAT quantizer put on a uniform grid, for export
+        self.grid_steps = crossbar_grid_steps(ssm)
+        self.crossbars = nn.ModuleList(
+            AnalogLinear(n_in, n_out, bias=False, rpu_config=copy.deepcopy(config), tile_module_class=config.tile_class)
+            for _ in range(self.d_model)
+        )
         self.to(ssm.D.device)
+        self.set_state_scales(self.state_scales)
         self.eval()
 
     # -- configuration ------------------------------------------------------------------------
@@ -308,6 +334,63 @@ class FusedS4D(nn.Module):
         if fast_path_supports(io):
             return "fused"
         return "tiles" if io.out_noise_std > 0 else "fused_ref"
+
+    def mapped_system(self) -> tuple[torch.Tensor, ...]:
+        """(Ā, B̄, C, D) as the crossbars hold them: the state x/s per mode, so B̄/s and s·C."""
+        s = self.state_scales
+        return self.A_bar, self.B_bar / s, self.C * s, self.D
+
+    @torch.no_grad()
+    def set_state_scales(self, scales: torch.Tensor) -> None:
+        """Hold the state of mode n of channel h as x/scales[h, n] (H, n) and write the crossbars anew.
+
+        Writes target weights: call it before `program`. aihwkit's weight_scaling_omega mapping puts
+        W/α on each tile and keeps α in digital.
+        """
+        if scales.shape != self.state_scales.shape or not (scales > 0).all():
+            raise ValueError(f"state scales must be positive, of shape {tuple(self.state_scales.shape)}; got {tuple(scales.shape)}")
+        self.state_scales.copy_(scales)
+        for layer, W in zip(self.crossbars, crossbar_matrices(*self.mapped_system())):
+            layer.set_weights(W, None, weight_scaling_omega=self.omega)
+
+    @property
+    def level_steps(self) -> torch.Tensor | None:
+        """Grid step of every crossbar cell (H, N+1, N+2) under the current state mapping, 0 where a cell is
+        not on a quantizer grid; None for a model without quantized SSM parameters. Cells are integer
+        levels times their step: scaling a row or column by s_n scales its step alike."""
+        if self.grid_steps is None:
+            return None
+        step_A, step_B, step_C, step_D = self.grid_steps
+        s = self.state_scales.cpu()
+        return crossbar_matrices(step_A, step_B / s, step_C * s, step_D).abs()
+
+    @torch.no_grad()
+    def signal_peaks(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Largest |u| per channel (H,) and largest |Re x|, |Im x| per mode (H, n) of the digital
+        system on u (B, L, H), the state as it is (not mapped)."""
+        check_input(u, self.d_model)
+        x = torch.zeros(u.shape[0], *self.A_bar.shape, dtype=self.A_bar.dtype, device=u.device)  # (B, H, n)
+        peak = torch.zeros(self.A_bar.shape, device=u.device)
+        for t in range(u.shape[1]):
+            x = self.A_bar * x + self.B_bar * u[:, t, :, None]
+            peak = torch.maximum(peak, torch.view_as_real(x).abs().amax(dim=(0, 3)))
+        return u.abs().amax(dim=(0, 1)), peak
+
+    @torch.no_grad()
+    def calibrate(self, u: torch.Tensor, state_mapping: str = "balanced") -> None:
+        """Set the state mapping and the DAC ranges from the signals of inputs u (B, L, H); before `program`.
+
+        "balanced": s_n = peak|x_n| / peak|u| of the channel, so every mode spans the input's range;
+        "direct": s_n = 1. The DAC range r_h is the largest |u| or mapped |x| of the channel.
+        """
+        check_state_mapping(state_mapping)
+        u_peak, x_peak = self.signal_peaks(u)
+        scales = torch.ones_like(x_peak)
+        if state_mapping == "balanced":
+            live = (x_peak > 0) & (u_peak[:, None] > 0)  # a mode that never moves keeps its scale
+            scales = torch.where(live, x_peak / u_peak[:, None], scales)
+        self.set_state_scales(scales)
+        self.set_input_ranges(torch.maximum(u_peak, (x_peak / scales).amax(dim=-1)))
 
     @torch.no_grad()
     def set_input_ranges(self, ranges: torch.Tensor) -> None:
@@ -338,10 +421,12 @@ class FusedS4D(nn.Module):
         return self.scan(u, reference_mvm=path == "fused_ref")
 
     def feed_back(self, state: torch.Tensor) -> torch.Tensor:
-        """The state (H, B, N) as the next step's input: through the state quantizer where there is one."""
+        """The mapped state (H, B, N) as the next step's input: through the state quantizer where there is
+        one, which quantizes the state as the digital model holds it (x = s·x_mapped)."""
         if self.state_quantizer is None:
             return state
-        return real_state(self.state_quantizer(complex_state(state)))
+        s = self.state_scales
+        return real_state(self.state_quantizer(complex_state(state) * s) / s)
 
     @torch.no_grad()
     def scan(self, u: torch.Tensor, reference_mvm: bool = False) -> torch.Tensor:
@@ -426,17 +511,20 @@ def to_analog(
     *,
     ssm_rpu_config=None,
     calibration_inputs: torch.Tensor | None = None,
+    state_mapping: str = "balanced",
 ) -> S4DModel:
     """A copy of a trained (float, PTQ or QAT) S4DModel on analog crossbars, in eval mode.
 
     Encoder, mixing and decoder become aihwkit AnalogLinear layers built from `rpu_config` (pure-PyTorch
     or compiled tiles); each SSM becomes a `FusedS4D` on `ssm_rpu_config` (default: the same device).
     Digital parts stay digital: activations, GLU, norms, and the quantizers a PTQ/QAT model applies
-    there. `calibration_inputs` (B, L, d_input) set every static DAC range from the source model's
-    signals (`calibrate_dac_ranges`); without them the ranges keep the device's init value. The tiles
-    hold the target weights until `program` applies programming noise and drift.
+    there. `calibration_inputs` (B, L, d_input) set every static DAC range and the kernels' state
+    mapping ("balanced" or "direct", see the module docstring) from the source model's signals
+    (`calibrate_crossbars`); without them the ranges keep the device's init value and the state is
+    mapped directly. The tiles hold the target weights until `program` applies programming noise and drift.
     """
     check_rpu_config(rpu_config)
+    check_state_mapping(state_mapping)
     ssm_rpu_config = rpu_config if ssm_rpu_config is None else ssm_rpu_config
     check_rpu_config(ssm_rpu_config)
     source = model
@@ -447,29 +535,18 @@ def to_analog(
         block.ssm = FusedS4D(block.ssm, ssm_rpu_config)
     model.decoder = analog_linear(model.decoder, rpu_config)
     if calibration_inputs is not None:
-        calibrate_dac_ranges(model, source, calibration_inputs)
+        calibrate_crossbars(model, source, calibration_inputs, state_mapping)
     return model.eval()
 
 
 @torch.no_grad()
-def crossbar_input_ranges(ssm: S4D, u: torch.Tensor) -> torch.Tensor:
-    """Largest |u|, |Re x|, |Im x| per channel while `ssm` runs on u (B, L, H): the DAC range (H,)."""
-    params = ssm.ssm_parameters()
-    x = ssm.initial_state(u.shape[0])
-    peak = u.abs().amax(dim=(0, 1))
-    for t in range(u.shape[1]):
-        _, x = ssm.step(u[:, t], x, params)
-        peak = torch.maximum(peak, torch.view_as_real(x).abs().amax(dim=(0, 2, 3)))
-    return peak
+def calibrate_crossbars(analog_model: S4DModel, source: S4DModel, inputs: torch.Tensor, state_mapping: str = "balanced") -> None:
+    """Set the static DAC ranges (aihwkit input ranges) and the kernels' state mapping of `analog_model`
+    from `source`'s signals on inputs; before `program`.
 
-
-@torch.no_grad()
-def calibrate_dac_ranges(analog_model: S4DModel, source: S4DModel, inputs: torch.Tensor) -> None:
-    """Set the static DAC ranges (aihwkit input ranges) of `analog_model` from `source`'s signals on inputs.
-
-    Each crossbar gets the largest |u| and |x| its channel sees; each analog Linear the largest |input|.
-    Tiles without an input range are left alone: perfect forwards (no DAC), and the Linear tiles of
-    devices that scale their inputs by noise management instead.
+    Each crossbar gets the largest |u| and mapped |x| its channel sees (`FusedS4D.calibrate`); each
+    analog Linear the largest |input|. Tiles without an input range keep none: perfect forwards (no
+    DAC), and the Linear tiles of devices that scale their inputs by noise management instead.
     """
     was_training = source.training
     source.eval()
@@ -498,7 +575,7 @@ def calibrate_dac_ranges(analog_model: S4DModel, source: S4DModel, inputs: torch
             if tile.input_range is not None:
                 tile.set_input_range(peak if peak > 0 else 1.0)
     for name in ssms:
-        analog[name].set_input_ranges(crossbar_input_ranges(modules[name], seen[name]))
+        analog[name].calibrate(seen[name], state_mapping)
 
 
 @torch.no_grad()

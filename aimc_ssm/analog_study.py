@@ -5,8 +5,8 @@
         .configs(...)                     (config of the analog Linears, config of the fused kernels)
     add_model_flags(parser)               --bits, --recipe: the PTQ and QAT models a study compares
     study_models(zoo, args)               [StudyModel(name, method, bits, model)]: float, PTQ, QAT
-    Deployer(model, calibration)(configs) the model on crossbars (aimc_ssm.analog.to_analog), DAC
-                                          ranges calibrated once per model
+    Deployer(model, calibration, mapping) the model on crossbars (aimc_ssm.analog.to_analog), DAC
+        (configs)                         ranges and state mapping calibrated once per model
     analog_accuracies(...)                accuracy over repeated, seeded noise draws
 
 Crossbar configs. The encoder, mixing and decoder Linears get the device file's config with the
@@ -15,7 +15,8 @@ overrides. The fused SSM kernels get the same, except for their ADC range (--ker
 default 2) and, if given, their output noise (--kernel-out-noise): a kernel's state columns are
 normalized by the calibrated DAC range and read about x_t / r_h, within ±1.5, while a Linear's
 outputs reach ~10 (pcm's out_bound). With pcm's out_bound 10 an 8-bit ADC would round every state
-increment away.
+increment away. --state-mapping chooses how the kernels hold the state (aimc_ssm.analog: "balanced",
+every mode scaled to its channel's input range, or "direct").
 
 The fed-back state. On a crossbar the state leaves through the ADC and returns through the DAC every
 step: the converters are its quantizers. A PTQ/QAT model's own digital state quantizer ([Z25]: 16
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .analog import FusedS4D, inject_weight_noise, program, to_analog, training_noise
+from .analog import STATE_MAPPINGS, FusedS4D, inject_weight_noise, program, to_analog, training_noise
 from .devices import COMMON_KNOBS, DeviceError, load_device, parse_settings
 from .model import S4DModel
 from .precision import PrecisionSpec
@@ -60,6 +61,7 @@ def add_device_flags(parser: argparse.ArgumentParser, converter_flags: bool = Tr
     group.add_argument("--tile-size", type=int, default=None, help=COMMON_KNOBS["tile_size"] + " (default: the device file's)")
     group.add_argument("--kernel-adc-range", type=float, default=DEFAULT_KERNEL_ADC_RANGE, help="ADC range of the fused SSM kernels, whose state columns read about x_t / r_h (default: %(default)s)")
     group.add_argument("--kernel-out-noise", type=float, default=None, help="output noise std of the fused SSM kernels (default: as --out-noise)")
+    group.add_argument("--state-mapping", choices=STATE_MAPPINGS, default="balanced", help="how the fused kernels hold the state: balanced (every mode scaled to its channel's input range on the converters) or direct (as it is) (default: %(default)s)")
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="dotted override of the device config for every crossbar, e.g. noise_model.prog_noise_scale=0.5; repeatable")
 
 
@@ -82,13 +84,16 @@ class DeviceSettings:
     settings: dict = field(default_factory=dict)  # dotted overrides (--set)
     kernel_adc_range: float = DEFAULT_KERNEL_ADC_RANGE
     kernel_out_noise: float | None = None
+    state_mapping: str = "balanced"  # of the fused kernels, see aimc_ssm.analog
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, swept: tuple[str, ...] = ()) -> "DeviceSettings":
         """The settings of the device flags; `swept` names knobs the study sets itself at every point."""
         names = [name for name in COMMON_KNOBS if name not in swept]
         knobs = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-        settings = cls(args.device, knobs, parse_settings(args.settings), args.kernel_adc_range, args.kernel_out_noise)
+        settings = cls(
+            args.device, knobs, parse_settings(args.settings), args.kernel_adc_range, args.kernel_out_noise, args.state_mapping
+        )
         settings.configs()  # fail now, with the device's message, not in the middle of a sweep
         return settings
 
@@ -96,6 +101,7 @@ class DeviceSettings:
         return {
             "device": self.device, "knobs": self.knobs, "settings": self.settings,
             "kernel_adc_range": self.kernel_adc_range, "kernel_out_noise": self.kernel_out_noise,
+            "state_mapping": self.state_mapping,
         }
 
     def base_config(self):
@@ -198,26 +204,35 @@ def without_state_requantization(model: S4DModel) -> S4DModel:
 
 
 class Deployer:
-    """Puts one model on crossbars at any number of device settings, calibrating its DAC ranges once.
+    """Puts one model on crossbars at any number of device settings, calibrating it once.
 
     deployer(configs): the model with analog Linears on configs[0] and fused kernels on configs[1]
-    (aimc_ssm.analog.to_analog). The first call calibrates the DAC ranges on `calibration` inputs;
-    later calls reuse them, as they depend on the model's signals only, not on the device. The model's
-    digital state quantizer is not applied on the crossbar (see the module docstring).
+    (aimc_ssm.analog.to_analog). The first call calibrates the DAC ranges and the kernels' state mapping
+    on `calibration` inputs; later calls reuse them, as they depend on the model's signals only, not on
+    the device. The model's digital state quantizer is not applied on the crossbar (see the module docstring).
     """
 
-    def __init__(self, model: S4DModel, calibration: torch.Tensor):
+    def __init__(self, model: S4DModel, calibration: torch.Tensor, state_mapping: str = "balanced"):
         self.source = without_state_requantization(model).to(calibration.device)
         self.calibration = calibration
+        self.state_mapping = state_mapping
         self.ranges: dict[str, torch.Tensor] | None = None
+        self.state_scales: dict[str, torch.Tensor] = {}
 
     def __call__(self, configs) -> S4DModel:
         linear_config, kernel_config = configs
         if self.ranges is None:
-            analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config, calibration_inputs=self.calibration)
+            analog = to_analog(
+                self.source, linear_config, ssm_rpu_config=kernel_config,
+                calibration_inputs=self.calibration, state_mapping=self.state_mapping,
+            )
             self.ranges = dac_ranges(analog)
+            self.state_scales = {name: m.state_scales.clone() for name, m in dac_modules(analog).items() if isinstance(m, FusedS4D)}
             return analog
         analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config)
+        modules = dac_modules(analog)
+        for name, scales in self.state_scales.items():
+            modules[name].set_state_scales(scales)
         set_dac_ranges(analog, self.ranges)
         return analog
 

@@ -4,7 +4,8 @@
 Per SSM layer l the npz holds, under "layer{l}/" (H channels, N real states, one crossbar each;
 matrices in aihwkit's orientation (outputs N+1, inputs N+2), see `LAYOUT`):
 
-    weights        (H, N+1, N+2) float32  target crossbar matrix W: Ā, B̄, C̄, D as in aimc_ssm.analog
+    weights        (H, N+1, N+2) float32  target crossbar matrix W: Ā, B̄/s, s·C̄, D as in aimc_ssm.analog
+    state_scales   (H, N/2)      float32  state mapping s per mode: the crossbar holds x/s (1: direct)
     normalized     (H, N+1, N+2) float32  W / column_scales: what the conductances encode, |·| ≤ ω
     column_scales  (H, N+1)      float32  digital output scale α per column (aihwkit weight_scaling_omega)
     conductances   (H, K, N+1, N+2) float32  target conductances in µS of the K devices per cell
@@ -39,6 +40,7 @@ FORMAT, VERSION = "aimc-ssm crossbars", 1
 LAYOUT = {
     "orientation": "matrices are (outputs, inputs) as aihwkit tiles; the physical crossbar's rows are the inputs",
     "inputs": "u_t, then x_{t-1} as (Re, Im) pairs of the N/2 modes, then u_{t-1}",
+    "state": "the crossbar's state is the digital state divided by state_scales, per mode (Re and Im alike)",
     "outputs": "x_t as (Re, Im) pairs, then y_{t-1}",
     "step": "step t reads [u_t, x_{t-1}, u_{t-1}] and writes [x_t, y_{t-1} = C̄ x_{t-1} + D u_{t-1}]; "
     "a sequence of L inputs takes L + 1 steps, the last with u_L = 0",
@@ -79,6 +81,7 @@ def crossbar_arrays(kernel: FusedS4D) -> dict[str, np.ndarray]:
         "conductances": conductances,
         "programmed": programmed,
         "drift_alpha": torch.stack([t.alpha.detach().cpu().reshape(()) for t in tiles]),
+        "state_scales": kernel.state_scales,
     }
     ranges = kernel.input_ranges()
     if ranges is not None:
@@ -90,7 +93,7 @@ def crossbar_arrays(kernel: FusedS4D) -> dict[str, np.ndarray]:
             adc = 2 * io_pars.out_bound / (converter_levels(io_pars.out_res) - 1)
             arrays["adc_step"] = adc * ranges[:, None] * scales * arrays["drift_alpha"][:, None]
     if kernel.level_steps is not None:
-        steps = kernel.level_steps.cpu()
+        steps = kernel.level_steps
         on = steps > 0
         arrays["levels"] = torch.where(on, arrays["weights"] / torch.where(on, steps, 1), 0).round().to(torch.int64)
         arrays["level_steps"] = steps

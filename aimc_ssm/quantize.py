@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from .precision import PrecisionSpec
 from .qrecurrent import quantized_scan, quantized_step
 from .quantizers import ComplexQuantizer, FakeQuantizer, QuantizerConfig
 from .s4d import S4D, discretize
-from .train import DEFAULT_CACHE, TrainConfig, check_data_fits, config_key, fit, load_checkpoint, trained_model
+from .train import DEFAULT_CACHE, TrainConfig, check_data_fits, config_key, fit, load_model, trained_model
 
 
 class SSMQuantization(nn.Module):
@@ -245,14 +244,7 @@ def qat_model(
 
 def load_quantized_model(run_dir: Path) -> tuple[S4DModel, dict]:
     """The best-val quantized model of a finished QAT run and its metrics."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").exists():
-        raise FileNotFoundError(f"{run_dir} holds no finished QAT run (no metrics.json); run qat_model first")
-    ckpt = load_checkpoint(run_dir / "best.pt")
-    model = S4DModel(ModelConfig.from_dict(ckpt["meta"]["model"]))
-    quantize_(model, PrecisionSpec.from_dict(ckpt["meta"]["precision"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), json.loads((run_dir / "metrics.json").read_text())
+    return load_model(run_dir, prepare=lambda model, meta: quantize_(model, PrecisionSpec.from_dict(meta["precision"])))
 
 
 @torch.no_grad()

@@ -317,11 +317,8 @@ class FakeQuantizer(nn.Module):
 
     def quantize_(self, x: torch.Tensor) -> torch.Tensor:
         """forward in place, without autograd (for buffers of the inference recurrence)."""
-        if self.config.is_float:
-            return x
-        if self.observing:
-            self.observe(x)
-            return x
+        if self.config.is_float or self.observing:
+            return self.forward(x)  # x unchanged either way: one place decides what observing records
         return fake_quantize_(x, self.grid(x))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -239,13 +239,19 @@ def check_data_fits(model_cfg: ModelConfig, data: SequenceData) -> None:
         )
 
 
-def load_model(run_dir: Path) -> tuple[S4DModel, dict]:
-    """The best-val float model of a finished run and its metrics."""
+def load_model(run_dir: Path, prepare: Callable[[S4DModel, dict], None] | None = None) -> tuple[S4DModel, dict]:
+    """The best-val model of a finished run and its metrics.
+
+    prepare(model, meta), if given, runs on the freshly built model before its weights are loaded,
+    for runs whose state_dict holds more than a plain S4DModel's (e.g. quantizers and their ranges).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished training run (no metrics.json); train it first")
     ckpt = load_checkpoint(run_dir / "best.pt")
     model = S4DModel(ModelConfig.from_dict(ckpt["meta"]["model"]))
+    if prepare is not None:
+        prepare(model, ckpt["meta"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), json.loads((run_dir / "metrics.json").read_text())
 

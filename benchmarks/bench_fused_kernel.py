@@ -3,11 +3,17 @@
     .venv/bin/python benchmarks/bench_fused_kernel.py                      # batch 500, L 784, H 16, N 64, pcm
     .venv/bin/python benchmarks/bench_fused_kernel.py --ref-steps 100      # reference timed on 100 steps, scaled
     .venv/bin/python benchmarks/bench_fused_kernel.py --compute cuda
+    .venv/bin/python benchmarks/bench_fused_kernel.py --set forward.out_noise=0   # converters only, no noise draws
 
 All three runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel, `CrossbarStack.step`), the
 same scan with aihwkit's `AnalogMVM.matmul` per step (`--with-mvm`), and `FusedS4D.scan_ref`, one
 AnalogLinear call per channel and step. With --ref-steps the reference runs on the first steps of the
 sequence only and its time is scaled to the full length (the per-step cost does not depend on t).
+
+The floor is the work no implementation of the step can skip, timed in the same run: one batched
+matmul of the (H, B, N+2) inputs with the (H, N+2, N+1) crossbars and, where the device has output
+noise, one Gaussian draw per output, every step. Both paths pay the noise draws alike, so on a CPU,
+where drawing is slower than the matmul, they bound the speed-up over the reference.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import time
 
 import torch
 
-from aimc_ssm.analog import FusedS4D, crossbar_input_ranges, program
+from aimc_ssm.analog import FusedS4D, program
 from aimc_ssm.devices import load_device, parse_settings
 from aimc_ssm.s4d import S4D
 
@@ -52,7 +58,7 @@ def main() -> None:
     ssm = S4D(args.d_model, args.d_state).eval()
     u = torch.randn(args.batch, args.length, args.d_model)
     kernel = FusedS4D(ssm, load_device(args.device, **parse_settings(args.set)))
-    kernel.set_input_ranges(crossbar_input_ranges(ssm, u[:16]))
+    kernel.calibrate(u[:16])
     program(kernel, t_inference=3600.0)
     kernel.to(args.compute)
     u = u.to(args.compute)
@@ -73,7 +79,23 @@ def main() -> None:
         ref = timed(lambda: kernel.scan_ref(u[:, :ref_steps]), args.compute) * (args.length + 1) / (ref_steps + 1)
         scaled = f", timed on {ref_steps} of {args.length} steps and scaled" if ref_steps < args.length else ""
         print(f"reference (AnalogLinear per channel per step):  {ref:8.2f} s{scaled}")
-    print(f"speed-up of the fused kernel over the reference: {ref / fused:.1f}x")
+        floor = timed(lambda: floor_steps(kernel, args.batch, args.length + 1), args.compute)
+        noise = "matmul and output-noise draws" if kernel.rpu_config.forward.out_noise > 0 else "matmul"
+        print(f"floor ({noise} per step):{' ' * (23 - len(noise))}{floor:8.2f} s   (fused kernel: {fused / floor:.1f}x the floor)")
+    print(f"speed-up of the fused kernel over the reference: {ref / fused:.1f}x (at most {ref / floor:.1f}x above the floor)")
+
+
+def floor_steps(kernel: FusedS4D, batch: int, steps: int) -> None:
+    """The arithmetic of `steps` steps that every implementation does: the stack's matmul and noise draws."""
+    H, N = kernel.d_model, kernel.d_state
+    weight = torch.randn(H, N + 2, N + 1, device=kernel.D.device)
+    inp = torch.randn(H, batch, N + 2, device=weight.device)
+    out, noise = torch.empty(H, batch, N + 1, device=weight.device), torch.empty(H, batch, N + 1, device=weight.device)
+    draws = kernel.rpu_config.forward.out_noise > 0
+    for _ in range(steps):
+        torch.bmm(inp, weight, out=out)
+        if draws:
+            noise.normal_()
 
 
 if __name__ == "__main__":

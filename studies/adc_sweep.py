@@ -142,7 +142,7 @@ def run_sweep(zoo, models, devices, table, setup_key, args):
     for entry, noise, adc, dac, repeats in tqdm(todo, desc=NAME, unit="point"):
         if entry.name not in digital:
             digital[entry.name] = zoo.accuracy(entry.model, "test", "conv")
-            deployers[entry.name] = Deployer(entry.model, calibration)
+            deployers[entry.name] = Deployer(entry.model, calibration, devices.state_mapping)
         start = time.time()
         accuracies = measure_point(zoo, deployers[entry.name], devices, noise, adc, dac, repeats, args)
         seconds = round((time.time() - start) / repeats, 2)

@@ -169,7 +169,7 @@ def prune_run(zoo, entry, kind, layers, mask_path, args):
 
 def analog_accuracy(zoo, model, devices, calibration, args) -> float:
     """Test accuracy of `model` on the device's crossbars, every noise source x --noise-scale (programmed once)."""
-    analog = Deployer(model, calibration)(devices.configs(noise_scale=args.noise_scale))
+    analog = Deployer(model, calibration, devices.state_mapping)(devices.configs(noise_scale=args.noise_scale))
     t_inference = DRIFT_TIMES["1s"] if args.noise_scale > 0 else None  # no noise: the tiles keep their targets
     return analog_accuracies(analog, zoo.batches("test"), 1, args.seed, t_inference, zoo.device)[0]
 

@@ -11,7 +11,6 @@ from aimc_ssm.analog import (
     CrossbarStack,
     FusedS4D,
     complex_state,
-    crossbar_input_ranges,
     crossbar_matrices,
     inject_weight_noise,
     program,
@@ -44,9 +43,9 @@ def u():
     return torch.randn(16, 24, H)
 
 
-def kernel(ssm, u, device="pcm", **overrides):
+def kernel(ssm, u, device="pcm", state_mapping="balanced", **overrides):
     fused = FusedS4D(ssm, load_device(device, **overrides))
-    fused.set_input_ranges(crossbar_input_ranges(ssm, u))
+    fused.calibrate(u, state_mapping)
     return fused
 
 
@@ -67,8 +66,9 @@ def test_crossbar_computes_one_step(ssm):
     torch.testing.assert_close(complex_state(real_state(x_prev)), x_prev)
 
 
-def test_ideal_kernel_equals_recurrence_and_convolution(ssm, u):
-    fused = kernel(ssm, u, "ideal")
+@pytest.mark.parametrize("state_mapping", ["balanced", "direct"])
+def test_ideal_kernel_equals_recurrence_and_convolution(ssm, u, state_mapping):
+    fused = kernel(ssm, u, "ideal", state_mapping)
     assert fused.execution() == "fused"
     with torch.no_grad():
         y = fused(u, "conv")
@@ -77,6 +77,37 @@ def test_ideal_kernel_equals_recurrence_and_convolution(ssm, u):
         torch.testing.assert_close(fused.scan_ref(u), y, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown mode"):
         fused(u, "fft")
+
+
+def test_balanced_mapping_is_a_similarity_transform_that_fills_the_input_range(ssm, u):
+    """Ā stays; every mode's mapped state peaks at its channel's input peak; the DAC range is that peak."""
+    direct, balanced = kernel(ssm, u, "pcm", "direct"), kernel(ssm, u, "pcm", "balanced")
+    assert (direct.state_scales == 1).all()
+    u_peak, x_peak = direct.signal_peaks(u)
+    s = balanced.state_scales
+    torch.testing.assert_close(s, x_peak / u_peak[:, None])
+    torch.testing.assert_close((x_peak / s).amax(-1), u_peak)
+    torch.testing.assert_close(balanced.input_ranges(), u_peak)
+    torch.testing.assert_close(direct.input_ranges(), torch.maximum(u_peak, x_peak.amax(-1)))
+    dA, dB, C, D = balanced.mapped_system()
+    assert torch.equal(dA, direct.A_bar) and torch.equal(D, direct.D)
+    torch.testing.assert_close(dB * C, direct.B_bar * direct.C)  # the kernel C·Ā^l·B̄ is unchanged
+    with pytest.raises(ValueError, match="unknown state mapping"):
+        direct.calibrate(u, "diagonal")
+    with pytest.raises(ValueError, match="positive"):
+        direct.set_state_scales(torch.zeros_like(s))
+
+
+def test_balanced_mapping_keeps_small_modes_above_the_adc_step(ssm, u):
+    """With a coarse ADC, the direct mapping rounds the small modes away; the balanced one keeps them."""
+    with torch.no_grad():
+        ssm.B.mul_(torch.logspace(0, -3, N // 2)[None, :, None])  # modes three decades apart
+    clean = ssm.scan(u).detach()
+    errors = {}
+    for mapping in ("direct", "balanced"):
+        fused = kernel(ssm, u, "pcm", mapping, adc_bits=6, dac_bits=12, adc_range=2.0, out_noise=0.0)
+        errors[mapping] = (fused(u) - clean).abs().mean().item()
+    assert errors["balanced"] < 0.5 * errors["direct"]
 
 
 def test_skip_term_is_aligned_with_its_step(ssm, u):
@@ -182,11 +213,14 @@ def test_to_analog_maps_layers_and_keeps_the_float_model():
 def test_quantized_model_keeps_its_digital_quantizers(spec):
     model, x = tiny_model()
     quantized = quantize_(copy.deepcopy(model), spec).eval()
-    analog = to_analog(quantized, load_device("ideal"))
-    assert all(b.ssm.state_quantizer is not None for b in analog.blocks)  # the fed-back state is re-quantized
-    with torch.no_grad():
-        torch.testing.assert_close(analog(x), quantized(x, "recurrent"), atol=1e-4, rtol=1e-4)
-        assert not torch.allclose(analog(x), model(x, "recurrent"), atol=1e-4)
+    direct = to_analog(quantized, load_device("ideal"))
+    balanced = to_analog(quantized, load_device("ideal"), calibration_inputs=x)
+    assert not (balanced.blocks[0].ssm.state_scales == 1).all()
+    for analog in (direct, balanced):  # the state quantizer sees the state as the digital model holds it
+        assert all(b.ssm.state_quantizer is not None for b in analog.blocks)  # the fed-back state is re-quantized
+        with torch.no_grad():
+            torch.testing.assert_close(analog(x), quantized(x, "recurrent"), atol=1e-4, rtol=1e-4)
+            assert not torch.allclose(analog(x), model(x, "recurrent"), atol=1e-4)
 
 
 def test_calibration_sets_every_dac_range():
@@ -194,7 +228,12 @@ def test_calibration_sets_every_dac_range():
     analog = to_analog(model, load_device("pcm"), calibration_inputs=x)
     assert analog.encoder.analog_module.input_range.item() == pytest.approx(x.abs().max().item())
     u = model.encoder(x).detach()
-    torch.testing.assert_close(analog.blocks[0].ssm.input_ranges(), crossbar_input_ranges(model.blocks[0].ssm, u))
+    fused = analog.blocks[0].ssm
+    u_peak, x_peak = fused.signal_peaks(u)
+    torch.testing.assert_close(fused.input_ranges(), u_peak)  # balanced: every mode spans the input's range
+    torch.testing.assert_close(fused.state_scales, x_peak / u_peak[:, None])
+    direct = to_analog(model, load_device("pcm"), calibration_inputs=x, state_mapping="direct").blocks[0].ssm
+    torch.testing.assert_close(direct.input_ranges(), torch.maximum(u_peak, x_peak.amax(-1)))
     uncalibrated = to_analog(model, load_device("pcm"))
     assert (uncalibrated.blocks[0].ssm.input_ranges() == 3.0).all()  # the device's init value
     assert to_analog(model, load_device("ideal"), calibration_inputs=x).blocks[0].ssm.input_ranges() is None

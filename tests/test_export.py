@@ -46,12 +46,16 @@ def test_round_trip(tmp_path, model_and_inputs):
         assert g_plus.min() >= 0 and max(g_plus.max(), g_minus.max()) == pytest.approx(25.0)
         np.testing.assert_allclose((g_plus - g_minus) / 25.0, arrays["normalized"], atol=1e-6)  # max|normalized| = 1
         assert arrays["dac_step"].shape == (H,) and arrays["adc_step"].shape == (H, N + 1)
+        np.testing.assert_array_equal(arrays["state_scales"], kernel.state_scales.numpy())  # balanced by calibration
+        assert not (arrays["state_scales"] == 1).all()
 
 
-def test_quantized_model_exports_integer_levels(tmp_path, model_and_inputs):
+@pytest.mark.parametrize("calibrated", [False, True], ids=["direct", "balanced"])
+def test_quantized_model_exports_integer_levels(tmp_path, model_and_inputs, calibrated):
+    """Levels stay integers under the balanced mapping: scaling B̄ and C̄ scales their grid steps alike."""
     model, x = model_and_inputs
     quantized = quantize_(copy.deepcopy(model), PrecisionSpec.uniform(5)).eval()
-    export(to_analog(quantized, load_device("ideal")), tmp_path / "q")
+    export(to_analog(quantized, load_device("ideal"), calibration_inputs=x if calibrated else None), tmp_path / "q")
     arrays = load_export(tmp_path / "q.json")["layers"][0]
     assert arrays["levels"].dtype == np.int64 and "input_range" not in arrays  # an ideal crossbar has no DAC
     on = arrays["level_steps"] > 0
@@ -80,3 +84,12 @@ def test_errors(tmp_path, model_and_inputs):
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="is not an 'aimc-ssm crossbars' export"):
         load_export(tmp_path / "other")
+
+
+def test_float_quantizers_export_no_levels(tmp_path, model_and_inputs):
+    """A model whose quantizers are all float (as a pruned float model's) has no grid to export."""
+    model, x = model_and_inputs
+    floating = quantize_(copy.deepcopy(model), PrecisionSpec.float()).eval()
+    export(to_analog(floating, load_device("ideal")), tmp_path / "f")
+    arrays = load_export(tmp_path / "f")["layers"][0]
+    assert "levels" not in arrays and "level_steps" not in arrays
