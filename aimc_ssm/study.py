@@ -104,9 +104,9 @@ def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     """--threads N, torch's CPU threads; apply with torch.set_num_threads(args.threads)."""
     parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch CPU threads (default: %(default)s; the recurrence's per-step operations are too small to gain "
-        "from more, and on a shared machine a thread waiting for a descheduled sibling costs milliseconds per operation)",
+        "--threads", type=int, default=len(os.sched_getaffinity(0)),
+        help="torch CPU threads (default: the cores this process may use, %(default)s; training gains from them. On a "
+        "machine shared with other jobs use 1: a thread waiting for a descheduled sibling costs milliseconds per operation)",
     )
 
 

@@ -164,13 +164,12 @@ def fit(
         for x, y in bar:
             x, y = x.to(device), y.to(device)
             loss = nn.functional.cross_entropy(model(x, cfg.mode), y)
-            if not torch.isfinite(loss):
-                raise DivergenceError(
-                    f"loss became {loss.item()} in epoch {epoch + 1}; lower --lr (now {cfg.lr}) "
-                    "or raise the bit widths of the quantized components"
-                )
+            check_finite("loss", loss, epoch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # a finite loss can still give infinite gradients (noise injection, a mode at |Ā| = 1); one
+            # such step makes every weight NaN, so it is stopped here rather than at the next forward
+            check_finite("gradient norm", nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]), epoch, cfg)
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(y)
@@ -236,6 +235,14 @@ def check_data_fits(model_cfg: ModelConfig, data: SequenceData) -> None:
         raise ValueError(
             f"model has d_input={model_cfg.d_input}, d_output={model_cfg.d_output} but dataset "
             f"{data.name!r} has {data.d_input} input channels and {data.d_output} classes; set them to match"
+        )
+
+
+def check_finite(what: str, value: torch.Tensor, epoch: int, cfg: TrainConfig) -> None:
+    if not torch.isfinite(value):
+        raise DivergenceError(
+            f"{what} became {value.item()} in epoch {epoch + 1}; lower --lr (now {cfg.lr}) "
+            "or raise the bit widths of the quantized components"
         )
 
 

@@ -21,14 +21,19 @@ columns and the y column of every kernel, the mixing outputs, and the encoder an
     ADC bits x (L·H·(N + 1) + L·M + H + d_out)     (M = 2H mixing outputs for the GLU)
 which is linear in the bits and the same for every model.
 
+The fused kernels hold the state balanced (--state-mapping, see aimc_ssm.analog): every mode scaled
+to its channel's input range, so that one converter grid serves modes of very different sizes.
+
 On pcm (8-bit converters, out_noise 0.04, PCM programming noise, drift and 1/f read noise), expect the
-fused kernel to need about 12 bits in both converters (8 bits: below 30 %), and its recurrence to lose
-everything to the device noise: the state matrix Ā of this model has |Ā| within 1e-3 of 1, and noise
-of 0.1-0.2 % of Ā's range already moves eigenvalues outside the unit circle over 784 steps (see
+fused kernel to need about 12 bits in both converters to stay within a point of the digital model
+(10-bit ADC: about 80 %; 8 bits: below 30 %, where slow modes stop moving between ADC levels; with
+--state-mapping direct 10 bits fall below 40 %), and its recurrence to lose everything to the device
+noise: the state matrix Ā of this model has |Ā| within 1e-3 of 1, and noise of 0.1-0.2 % of Ā's
+range already moves eigenvalues outside the unit circle over 784 steps (see
 studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
 
     python studies/adc_sweep.py --quick     # about a minute on 2 cores (3-epoch models)
-    python studies/adc_sweep.py             # about 4.5 minutes on 2 cores on a fresh set-up, training included
+    python studies/adc_sweep.py             # about 3.5 minutes on 2 cores on a fresh set-up, training included
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
 Defaults: the [Z25] model (H=16, N=64, 1 layer) on the embedded smnist, float 20 epochs, QAT 5

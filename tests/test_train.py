@@ -87,3 +87,17 @@ def test_bad_train_config():
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="input channels"):
         train(ModelConfig(d_input=3, d_model=4, d_state=4), FAST, "unused", progress=False)
+
+
+def test_infinite_gradients_stop_before_the_weights_turn_nan(tmp_path):
+    from aimc_ssm.data import load_dataset
+    from aimc_ssm.model import S4DModel
+    from aimc_ssm.train import DivergenceError, fit
+
+    torch.manual_seed(0)
+    model = S4DModel(replace(TINY, d_input=1, d_output=10))
+    model.decoder.weight.register_hook(lambda grad: grad * float("inf"))  # finite loss, infinite gradient
+    before = model.decoder.weight.detach().clone()
+    with pytest.raises(DivergenceError, match="gradient norm became .* lower --lr"):
+        fit(model, load_dataset("digits"), FAST, tmp_path, progress=False)
+    assert torch.equal(model.decoder.weight, before)  # no step was taken
