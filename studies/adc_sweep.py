@@ -203,7 +203,7 @@ def accuracy_plot(frame, x, args, title, path, xlabel):
 def plot(frame, args):
     adc_rows = frame[frame.dac_bits == max(args.dac_bits)]
     dac_rows = frame[frame.adc_bits == max(args.adc_bits)]
-    device = f"device {args.device}, kernel ADC range {args.kernel_adc_range:g}; float digital dashed, chance dotted"
+    device = f"device {args.device}, kernel ADC range {args.kernel_adc_range:g}, {args.state_mapping} state; float digital dashed, chance dotted"
     accuracy_plot(adc_rows, "adc_bits", args, f"Accuracy vs ADC bits (DAC {max(args.dac_bits)} bits); {device}", args.out / "accuracy_vs_adc_bits.png", "ADC bits (every crossbar)")
     accuracy_plot(dac_rows, "dac_bits", args, f"Accuracy vs DAC bits (ADC {max(args.adc_bits)} bits); {device}", args.out / "accuracy_vs_dac_bits.png", "DAC bits (every crossbar)")
     complexity = adc_rows.assign(adc_kbit=adc_rows.adc_complexity / 1000)
