@@ -24,13 +24,15 @@ which is linear in the bits and the same for every model.
 The fused kernels hold the state balanced (--state-mapping, see aimc_ssm.analog): every mode scaled
 to its channel's input range, so that one converter grid serves modes of very different sizes.
 
-On pcm (8-bit converters, out_noise 0.04, PCM programming noise, drift and 1/f read noise), expect the
-fused kernel to need about 12 bits in both converters to stay within a point of the digital model
-(10-bit ADC: about 80 %; 8 bits: below 30 %, where slow modes stop moving between ADC levels; with
---state-mapping direct 10 bits fall below 40 %), and its recurrence to lose everything to the device
-noise: the state matrix Ā of this model has |Ā| within 1e-3 of 1, and noise of 0.1-0.2 % of Ā's
-range already moves eigenvalues outside the unit circle over 784 steps (see
-studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
+What to expect on pcm (8-bit converters, out_noise 0.04, PCM programming noise, drift, 1/f read noise):
+  - converters: about 12 bits in both to stay within a point of the digital model. A 10-bit ADC gives
+    about 80 % and 8 bits below 30 %: slow modes whose change per step is below half a level stop
+    moving. With --state-mapping direct, 10 bits fall below 40 %. Stochastic rounding in both
+    converters (--set forward.out_sto_round=true --set forward.inp_sto_round=true) lets sub-level
+    changes add up and brings 8 bits to 83-91 %.
+  - device noise: every model at chance. The state matrix Ā of this model has |Ā| within 1e-3 of 1,
+    and noise of 0.1-0.2 % of Ā's range already moves eigenvalues outside the unit circle over 784
+    steps (studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
 
     python studies/adc_sweep.py --quick     # about a minute on 2 cores (3-epoch models)
     python studies/adc_sweep.py             # about 3.5 minutes on 2 cores on a fresh set-up, training included
