@@ -29,6 +29,7 @@ Scaling, with aihwkit's own mechanisms on every crossbar (an `AnalogLinear` tile
            column then reads about x_t / r_h, within ±1, so an ADC range of 1-2 suits the kernel; with
            aihwkit's default out_bound 12 a 4-bit ADC rounds every state to 0, and 8 bits leave under 5.
            Pass a kernel-specific config as `to_analog(..., ssm_rpu_config=...)`.
+
 State mapping. The state x_t leaves through the ADC and returns through the DAC every step, on the
 grid of its channel's DAC range. Its modes differ in size by orders of magnitude (a slow mode integrates
 hundreds of inputs, a fast one a few), so on one grid the small modes are rounded away, and a mode whose
@@ -44,10 +45,12 @@ aligned back to y_t. A PTQ/QAT model's quantized Ā, B̄, C, D are what the cros
 partial-product quantizers have no place here, as Ā x and B̄ u add up in the analog column.
 
 Execution: all H crossbars and the whole batch advance in one vectorized step, `CrossbarStack.step`
-(aihwkit's torch-tile forward for static ranges, in place) or, for noise or bound management, its
-twin `CrossbarStack.step_ref` = `AnalogMVM.matmul` on the (H, out, in) stack. `FusedS4D.scan_ref`
-is the per-channel loop of the same aihwkit tiles, and is what compiled (C++) tiles run, as only their
-own forward simulates forward.w_noise.
+(aihwkit's torch-tile forward, with noise and bound management, in place) or, for input or output
+asymmetry, its twin `CrossbarStack.step_ref` = `AnalogMVM.matmul` on the (H, out, in) stack.
+Iterative bound management decides for the whole stack, as aihwkit's MVM does for a batch: when any
+crossbar clips, all repeat the read at half scale. `FusedS4D.scan_ref` is the per-channel loop of the
+same aihwkit tiles, and is what compiled (C++) tiles run, as only their own forward simulates
+forward.w_noise.
 """
 from __future__ import annotations
 
@@ -129,13 +132,15 @@ def complex_state(x: torch.Tensor) -> torch.Tensor:
 
 # -- all crossbars of a layer, one vectorized step -------------------------------------------------
 def fast_path_supports(io) -> bool:
-    """Whether `CrossbarStack.step` runs these IO settings: static ranges, one pass, no asymmetry."""
+    """Whether `CrossbarStack.step` runs these IO settings: one pass, no asymmetry, noise management
+    none / constant / abs_max / max, bound management none / iterative (all a torch tile runs but asymmetry)."""
     from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType, NoiseManagementType
 
+    managed = (NoiseManagementType.NONE, NoiseManagementType.CONSTANT, NoiseManagementType.ABS_MAX, NoiseManagementType.MAX)
     return io.is_perfect or (
         io.mv_type == AnalogMVType.ONE_PASS
-        and io.noise_management in (NoiseManagementType.NONE, NoiseManagementType.CONSTANT)
-        and io.bound_management == BoundManagementType.NONE
+        and io.noise_management in managed
+        and io.bound_management in (BoundManagementType.NONE, BoundManagementType.ITERATIVE)
         and not (io.inp_asymmetry or io.out_asymmetry)
     )
 
@@ -144,8 +149,8 @@ class CrossbarStack:
     """The H crossbars of a layer stacked for one vectorized step: (H, B, in) -> (H, B, out).
 
     Reads the tiles' current (programmed, drifted) weights and digital scales once per sequence.
-    `step` is aihwkit's torch tile forward (input range, `AnalogMVM` for static ranges, mapping scales,
-    drift compensation) for all crossbars and the whole batch at once, in aihwkit's order of operations
+    `step` is aihwkit's torch tile forward (input range, `AnalogMVM` with its noise and bound management,
+    mapping scales, drift compensation) for all crossbars and the whole batch at once, in aihwkit's order of operations
     and random draws but in place, in buffers reused every step: allocating fresh megabyte tensors
     every step costs more than the arithmetic. `step_ref` is its twin, `AnalogMVM.matmul` itself on
     the (H, out, in) stack; the two agree to the last bit, noise included.
@@ -188,8 +193,13 @@ class CrossbarStack:
         return x.round_().mul_(res)
 
     def step(self, inp: torch.Tensor) -> torch.Tensor:
-        """Digital inputs (H, B, in), overwritten -> digital outputs (H, B, out) in a buffer reused next step."""
-        from aihwkit.simulator.parameters.enums import NoiseManagementType
+        """Digital inputs (H, B, in), overwritten -> digital outputs (H, B, out) in a buffer reused next step.
+
+        `AnalogMVM.matmul` in aihwkit's order of operations: noise management scales each input vector
+        (constant or by its largest entry), iterative bound management repeats the whole read at half
+        the input scale while any output of the stack clips, up to aihwkit's limits.
+        """
+        from aihwkit.simulator.parameters.enums import BoundManagementType
 
         io = self.io
         H, B, _ = inp.shape
@@ -202,8 +212,46 @@ class CrossbarStack:
         if io.is_perfect:
             torch.bmm(x, self.weight_t, out=out)
             return self.periphery_out_(out)
-        scale = 1.0 / io.nm_thres if io.noise_management == NoiseManagementType.CONSTANT and io.nm_thres > 0 else 1.0
-        if scale != 1.0:
+        nm = self.noise_management_values(x)  # 1.0, a constant or (H, B, 1)
+        if isinstance(nm, torch.Tensor):
+            if io.inp_noise <= 0 and not nm.any():
+                return self.periphery_out_(out.zero_())  # aihwkit's shortcut: all inputs zero, no draws
+            nm.masked_fill_(nm <= 0, 1.0)
+        if io.bound_management == BoundManagementType.NONE:
+            scale = 1.0 / nm
+            self.read_(x, out, scale)
+        else:
+            work = self.buffer("bound_managed_input", x.shape)
+            res = io.inp_res if io.inp_res <= 1.0 else 1 / io.inp_res
+            res *= 2 * io.inp_bound
+            reduction, passed = 0.5, False
+            while not passed:
+                reduction *= 2.0
+                scale = 1.0 / nm / reduction
+                passed = self.read_(work.copy_(x), out, scale)
+                passed = passed or reduction > io.max_bm_factor or (res > 0 and reduction > io.max_bm_res / res)
+        if isinstance(scale, torch.Tensor) or scale != 1.0 or io.out_scale != 1.0:
+            out.mul_(io.out_scale / scale)
+        return self.periphery_out_(out)
+
+    def noise_management_values(self, x: torch.Tensor):
+        """aihwkit's noise-management divisor of every input vector: 1.0, a constant, or (H, B, 1)."""
+        from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+        io, kind = self.io, self.io.noise_management
+        if kind == NoiseManagementType.NONE:
+            return 1.0
+        if kind == NoiseManagementType.CONSTANT:
+            return io.nm_thres if io.nm_thres > 0 else 1.0
+        values = self.buffer("noise_management", (*x.shape[:2], 1))
+        torch.amax(x.abs() if kind == NoiseManagementType.ABS_MAX else x, dim=-1, keepdim=True, out=values)
+        return values.clamp_max_(io.nm_thres) if io.nm_thres > 0 else values
+
+    def read_(self, x: torch.Tensor, out: torch.Tensor, scale) -> bool:
+        """One analog read of x (scaled, consumed) into out: DAC, input noise, matmul, output noise, ADC.
+        Returns whether no output clipped at the ADC bound."""
+        io = self.io
+        if isinstance(scale, torch.Tensor) or scale != 1.0:
             x.mul_(scale)
         if io.inp_res > 0:  # DAC
             self.quantize_(x, io.inp_res, io.inp_bound, io.inp_sto_round)
@@ -218,11 +266,14 @@ class CrossbarStack:
             out.add_(self.buffer("output_noise", out.shape).normal_().mul_(io.out_noise))
         if io.out_res > 0:  # ADC
             self.quantize_(out, io.out_res, io.out_bound, io.out_sto_round)
-        if io.out_bound > 0:
-            out.clamp_(-io.out_bound, io.out_bound)
-        if scale != 1.0 or io.out_scale != 1.0:
-            out.mul_(io.out_scale / scale)
-        return self.periphery_out_(out)
+        if io.out_bound <= 0:
+            return True
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        # max and min are two vectorized reductions; |out| <= bound as a boolean tensor costs more than both
+        within = io.bound_management == BoundManagementType.NONE or bool(max(out.amax(), -out.amin()) <= io.out_bound)
+        out.clamp_(-io.out_bound, io.out_bound)
+        return within
 
     def periphery_out_(self, out: torch.Tensor) -> torch.Tensor:
         """The tile's digital output scales, in aihwkit's order, in place."""
@@ -236,8 +287,9 @@ class CrossbarStack:
     def step_ref(self, inp: torch.Tensor) -> torch.Tensor:
         """Reference twin of `step`: aihwkit's `AnalogMVM.matmul` on the (H, out, in) stack.
 
-        It runs noise and bound management too; its bound-management check is one for the whole stack
-        (aihwkit's torch tile decides once per batch), so clipping in one crossbar rescales all.
+        It runs every setting of a torch tile, asymmetry too; like `step`, its bound-management check is
+        one for the whole stack (aihwkit's torch tile decides once per batch), so clipping in one
+        crossbar rescales all.
         """
         from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
 

@@ -143,6 +143,42 @@ def test_fused_kernel_matches_its_twins_bit_for_bit(ssm, u, overrides):
     assert not torch.equal(runs[0], ssm.scan(u).detach())  # the device did act
 
 
+MANAGED = {"forward.noise_management": "abs_max", "forward.bound_management": "iterative"}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        MANAGED,  # no output clips: one read per step
+        {**MANAGED, "adc_range": 0.3},  # outputs clip: reads repeat at half the input scale
+        {"forward.noise_management": "max", "forward.nm_thres": 0.5, "forward.inp_noise": 0.01},
+        {"forward.noise_management": "constant", "forward.nm_thres": 2.0, "forward.bound_management": "iterative", "adc_range": 0.3},
+    ],
+    ids=["abs_max+iterative", "clipping", "max+thres+input_noise", "constant+iterative"],
+)
+def test_managed_fused_step_matches_aihwkit_mvm_bit_for_bit(ssm, u, overrides):
+    """Noise and bound management in the fused step == AnalogMVM.matmul on the stack, noise drawn alike."""
+    fused = kernel(ssm, u, **overrides)
+    assert fused.execution() == "fused"
+    program(fused, t_inference=3600.0)
+    torch.manual_seed(7)
+    y = fused.scan(u)
+    torch.manual_seed(7)
+    assert torch.equal(y, fused.scan(u, reference_mvm=True))
+    assert torch.isfinite(y).all()
+
+
+def test_all_zero_inputs_read_zero_without_draws(ssm, u):
+    """aihwkit's shortcut: under noise management an all-zero input reads 0 and draws no output noise."""
+    fused = kernel(ssm, u, **MANAGED)
+    stack = CrossbarStack(fused.tiles, N + 1)
+    torch.manual_seed(0)
+    assert not stack.step(torch.zeros(H, 4, N + 2)).any()
+    after = torch.randn(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.randn(1))
+
+
 def test_noise_statistics_agree_across_batch_layouts(ssm, u):
     """Where batch·outputs is no multiple of 16 the draws differ; the error statistics do not."""
     fused = kernel(ssm, u, adc_bits=None, **{"forward.out_noise": 0.05})
@@ -157,20 +193,30 @@ def test_noise_statistics_agree_across_batch_layouts(ssm, u):
 
 def test_execution_follows_the_device(ssm, u):
     assert kernel(ssm, u, "pcm").execution() == "fused"
-    managed = kernel(ssm, u, "pcm", **{"forward.bound_management": "iterative", "forward.noise_management": "abs_max"})
-    assert managed.execution() == "fused_ref"
+    managed = kernel(ssm, u, "pcm", **MANAGED)
+    assert managed.execution() == "fused"
     torch.manual_seed(0)
     y = managed(u)
     torch.manual_seed(0)
     assert torch.equal(y, managed.scan_ref(u))  # no clipping here, so the joint bound check changes nothing
+    asymmetric = kernel(ssm, u, "pcm", **{"forward.out_asymmetry": 0.1})
+    assert asymmetric.execution() == "fused_ref"
+    torch.manual_seed(0)
+    y = asymmetric(u)
+    torch.manual_seed(0)
+    assert torch.equal(y, asymmetric.scan_ref(u))
     varied = kernel(ssm, u, "pcm", **{"forward.out_noise_std": 0.3})  # per-output noise strengths
     assert varied.execution() == "fused"
     torch.manual_seed(0)
     y = varied(u)
     torch.manual_seed(0)
     assert torch.equal(y, varied.scan_ref(u))
-    managed = kernel(ssm, u, "pcm", **{"forward.out_noise_std": 0.3, "forward.bound_management": "iterative"})
-    assert managed.execution() == "tiles"  # AnalogMVM.matmul broadcasts per-output noise for 2-D weights only
+    varied_managed = kernel(ssm, u, "pcm", **{"forward.out_noise_std": 0.3, **MANAGED})
+    assert varied_managed.execution() == "fused"
+    varied_asymmetric = kernel(ssm, u, "pcm", **{"forward.out_noise_std": 0.3, "forward.out_asymmetry": 0.1})
+    assert varied_asymmetric.execution() == "tiles"  # AnalogMVM.matmul broadcasts per-output noise for 2-D weights only
+    torch.manual_seed(0)
+    assert torch.isfinite(varied_asymmetric(u)).all()
     compiled = kernel(ssm, u, "pcm_compiled")
     assert compiled.execution() == "tiles"
     assert torch.isfinite(compiled(u)).all()
