@@ -9,9 +9,11 @@ batches. The study then sweeps the converters of every crossbar:
     ADC sweep   ADC bits in --adc-bits, the DAC at the largest of --dac-bits
     DAC sweep   DAC bits in --dac-bits, the ADC at the largest of --adc-bits
 so each curve shows what one converter costs while the other is at its finest setting. Each point is
-measured under two noise conditions (--noise):
+measured under three noise conditions (--noise):
 
     converters  DAC and ADC quantization only: target weights, no output noise (deterministic: 1 repeat)
+    stochastic  the same converters rounding stochastically (aihwkit's forward.inp_sto_round and
+                out_sto_round), which lets changes smaller than a level add up on average (1 repeat)
     device      the device's noise too: fresh programming noise for every repeat (seeded), drift and
                 read noise up to --t-inference, output noise in every MVM (--repeats draws)
 
@@ -27,9 +29,9 @@ to its channel's input range, so that one converter grid serves modes of very di
 What to expect on pcm (8-bit converters, out_noise 0.04, PCM programming noise, drift, 1/f read noise):
   - converters: about 12 bits in both to stay within a point of the digital model. A 10-bit ADC gives
     about 80 % and 8 bits below 30 %: slow modes whose change per step is below half a level stop
-    moving. With --state-mapping direct, 10 bits fall below 40 %. Stochastic rounding in both
-    converters (--set forward.out_sto_round=true --set forward.inp_sto_round=true) lets sub-level
-    changes add up and brings 8 bits to 83-91 %.
+    moving. With --state-mapping direct, 10 bits fall below 40 %.
+  - stochastic: 8-bit converters within a few points of the digital model (8-bit ADC about 85 %,
+    8-bit DAC about 90 %).
   - device noise: every model at chance. The state matrix Ā of this model has |Ā| within 1e-3 of 1,
     and noise of 0.1-0.2 % of Ā's range already moves eigenvalues outside the unit circle over 784
     steps (studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
@@ -46,7 +48,7 @@ bits 8 12 16; 2 repeats; the first 200 test samples. --quick: 3 and 1 epochs, AD
 results/adc_sweep/results.csv, one row per accuracy measured (a killed run resumes):
     setup             hash of the models, test subset and device settings (rows of other runs are kept, not mixed)
     model             "float", "ptq-<bits>" or "qat-<bits>";  method, bits: its method and bit width (32: float)
-    noise             "converters" or "device"
+    noise             "converters", "stochastic" or "device"
     adc_bits          ADC resolution of every crossbar;  dac_bits: DAC resolution of every crossbar
     repeat            index of the noise draw (seed = 1000 * --seed + repeat)
     accuracy          test accuracy of the analog model on `samples` test samples
@@ -86,7 +88,8 @@ from aimc_ssm.zoo import ModelZoo
 
 NAME = "adc_sweep"
 KEY = ["setup", "model", "noise", "adc_bits", "dac_bits", "repeat"]
-NOISES = ("converters", "device")
+NOISES = ("converters", "stochastic", "device")
+STOCHASTIC_ROUNDING = {"forward.inp_sto_round": True, "forward.out_sto_round": True}
 CHANCE = 0.1  # ten classes
 FULL = {"adc_bits": [8, 10, 12, 14, 16], "dac_bits": [8, 12, 16], "repeats": 2, "test_samples": 200}
 QUICK = {"adc_bits": [8, 14], "dac_bits": [14], "repeats": 2, "test_samples": 100}
@@ -100,7 +103,7 @@ def parse_args(argv=None):
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--adc-bits", nargs="+", type=int, default=None, help=f"ADC bits of the ADC sweep (default: {FULL['adc_bits']}; {QUICK['adc_bits']} with --quick)")
     sweep.add_argument("--dac-bits", nargs="+", type=int, default=None, help=f"DAC bits of the DAC sweep (default: {FULL['dac_bits']}; {QUICK['dac_bits']} with --quick)")
-    sweep.add_argument("--noise", nargs="+", choices=NOISES, default=list(NOISES), help="noise conditions (default: both)")
+    sweep.add_argument("--noise", nargs="+", choices=NOISES, default=list(NOISES), help="noise conditions (default: all three)")
     sweep.add_argument("--repeats", type=int, default=None, help=f"noise draws per point of the device condition (default: {FULL['repeats']}; {QUICK['repeats']} with --quick)")
     sweep.add_argument("--test-samples", type=int, default=None, help=f"test samples evaluated (default: {FULL['test_samples']}; {QUICK['test_samples']} with --quick)")
     sweep.add_argument("--t-inference", type=float, default=1.0, help="seconds of drift after programming in the device condition (default: %(default)s)")
@@ -128,8 +131,9 @@ def conversion_bits(adc_bits: int) -> dict:
 
 def measure_point(zoo, deployer, devices, noise, adc, dac, repeats, args):
     """Accuracies of one model at one converter setting and noise condition, one per repeat."""
-    converters_only = noise == "converters"
-    configs = devices.configs(noise_scale=0.0 if converters_only else 1.0, adc_bits=adc, dac_bits=dac)
+    converters_only = noise != "device"
+    rounding = STOCHASTIC_ROUNDING if noise == "stochastic" else {}
+    configs = devices.configs(noise_scale=0.0 if converters_only else 1.0, adc_bits=adc, dac_bits=dac, **rounding)
     analog = deployer(configs)
     t_inference = None if converters_only else args.t_inference  # converters only: the tiles keep their targets
     return analog_accuracies(analog, zoo.batches("test"), repeats, args.seed, t_inference, zoo.device)
@@ -141,7 +145,7 @@ def run_sweep(zoo, models, devices, table, setup_key, args):
     todo = []
     for entry in models:
         for noise in args.noise:
-            repeats = 1 if noise == "converters" else args.repeats
+            repeats = args.repeats if noise == "device" else 1
             for adc, dac in points:
                 if not all(table.done(setup=setup_key, model=entry.name, noise=noise, adc_bits=adc, dac_bits=dac, repeat=r) for r in range(repeats)):
                     todo.append((entry, noise, adc, dac, repeats))
@@ -162,13 +166,17 @@ def run_sweep(zoo, models, devices, table, setup_key, args):
                 "accuracy": accuracy, "digital_accuracy": digital[entry.name],
                 "adc_complexity": adc_complexity(zoo.setup.model, conversion_bits(adc)),
                 "samples": zoo.samples("test"), "device": args.device,
-                "t_inference": math.nan if noise == "converters" else args.t_inference,
+                "t_inference": args.t_inference if noise == "device" else math.nan,
                 "seconds": seconds,
             })
 
 
 # -- plots and summary ------------------------------------------------------------------------------
-NOISE_TITLES = {"converters": "converters only (no device noise)", "device": "device noise ({repeats} draws, t = {t:g} s)"}
+NOISE_TITLES = {
+    "converters": "converters only (no device noise)",
+    "stochastic": "converters, stochastic rounding",
+    "device": "device noise ({repeats} draws, t = {t:g} s)",
+}
 
 
 def panel_titles(grid, args):
@@ -240,7 +248,7 @@ def summary(frame, args) -> str:
 def current_rows(frame, setup_key, models, args):
     """The rows of this run's settings and sweep lists (the table may hold other runs' rows too)."""
     points = set(sweep_points(args.adc_bits, args.dac_bits))
-    repeats = frame.noise.map(lambda n: 1 if n == "converters" else args.repeats)
+    repeats = frame.noise.map(lambda n: args.repeats if n == "device" else 1)
     return frame[
         (frame.setup == setup_key)
         & frame.model.isin([m.name for m in models])

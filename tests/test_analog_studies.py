@@ -59,10 +59,10 @@ def test_adc_sweep_quick_writes_rows_and_plots_and_resumes(tmp_path, models):
     result = run_study("adc_sweep", *QUICK, "--out", out, "--models-dir", models)
     frame = pd.read_csv(out / "results.csv")
     assert {"setup", "model", "method", "bits", "noise", "adc_bits", "dac_bits", "repeat", "accuracy", "digital_accuracy", "adc_complexity", "samples", "device"} <= set(frame.columns)
-    assert set(frame.model) == {"float", "ptq-8", "qat-8"} and set(frame.noise) == {"converters", "device"}
+    assert set(frame.model) == {"float", "ptq-8", "qat-8"} and set(frame.noise) == {"converters", "stochastic", "device"}
     points = {(8, 14), (14, 14)}  # the ADC sweep at the finest DAC, the DAC sweep at the finest ADC
     assert set(zip(frame.adc_bits, frame.dac_bits)) == points
-    assert len(frame) == 3 * len(points) * (1 + 2)  # converters: one draw; device: two repeats
+    assert len(frame) == 3 * len(points) * (1 + 1 + 2)  # converters, stochastic: one draw each; device: two repeats
     assert frame.accuracy.between(0, 1).all()
     low, high = (frame[(frame.noise == "converters") & (frame.adc_bits == b)].adc_complexity.iloc[0] for b in (8, 14))
     assert high / low == pytest.approx(14 / 8)  # every conversion at the ADC's bits
@@ -142,6 +142,9 @@ def test_device_settings_give_the_kernels_their_own_adc_range_and_scale_the_nois
     assert own_noise.forward.out_noise == pytest.approx(0.005)
     ideal_linear, ideal_kernel = DeviceSettings("ideal").configs(noise_scale=0.0)  # no converters: nothing to set
     assert ideal_linear.forward.is_perfect and ideal_kernel.forward.is_perfect
+    rounding = {"forward.inp_sto_round": True, "forward.out_sto_round": True}  # adc_sweep's stochastic condition
+    for config in settings.configs(noise_scale=0.0, **rounding):
+        assert config.forward.inp_sto_round and config.forward.out_sto_round and config.forward.out_noise == 0
 
 
 def test_deployer_calibrates_once_and_reuses_the_ranges():
