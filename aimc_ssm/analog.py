@@ -23,10 +23,12 @@ Scaling, with aihwkit's own mechanisms on every crossbar (an `AnalogLinear` tile
            multiplied back in digital. ω is mapping.weight_scaling_omega, or 1 where a device leaves it 0.
   inputs   a static DAC range per crossbar, aihwkit's input range (pre_post.input_range, switched on for
            the crossbars of any device with converters): inputs are clipped to ±r_h and divided by r_h
-           before the DAC, outputs multiplied by r_h. The state grows well beyond 1, so r_h is
-           calibrated from the float model's |u| and |x| (`to_analog(..., calibration_inputs=x)`).
+           before the DAC, outputs multiplied by r_h. r_h is calibrated as the largest |u| and mapped
+           |x| of the channel on calibration inputs (`to_analog(..., calibration_inputs=x)`); inputs
+           that drive a channel harder than the calibration did clip at the DAC.
   ADC      forward.out_bound is in units of the normalized product (|input| ≤ 1, |weight| ≤ 1). A state
-           column then reads about x_t / r_h, within ±1, so an ADC range of 1-2 suits the kernel; with
+           column then reads about x_t / (s_n·r_h) (s_n: the state mapping below), within ±1, so an ADC
+           range of 1-2 suits the kernel; with
            aihwkit's default out_bound 12 a 4-bit ADC rounds every state to 0, and 8 bits leave under 5.
            Pass a kernel-specific config as `to_analog(..., ssm_rpu_config=...)`.
 
@@ -48,7 +50,8 @@ Execution: all H crossbars and the whole batch advance in one vectorized step, `
 (aihwkit's torch-tile forward, with noise and bound management, in place) or, for input or output
 asymmetry, its twin `CrossbarStack.step_ref` = `AnalogMVM.matmul` on the (H, out, in) stack.
 Iterative bound management decides for the whole stack, as aihwkit's MVM does for a batch: when any
-crossbar clips, all repeat the read at half scale. `FusedS4D.scan_ref` is the per-channel loop of the
+crossbar clips, all repeat the read at half scale. Likewise noise management's all-zero shortcut
+(read 0, draw no output noise) applies when the inputs of every crossbar are zero. `FusedS4D.scan_ref` is the per-channel loop of the
 same aihwkit tiles, and is what compiled (C++) tiles run, as only their own forward simulates
 forward.w_noise.
 """
@@ -189,7 +192,8 @@ class CrossbarStack:
         res = (1 / res if res > 1.0 else res) * 2 * bound
         x.div_(res)
         if stochastic:
-            x.add_(self.buffer("rounding", x.shape).uniform_(-0.5, 0.5))
+            # one buffer per shape: the DAC's and the ADC's would otherwise reallocate each other's every step
+            x.add_(self.buffer(f"rounding{tuple(x.shape)}", x.shape).uniform_(-0.5, 0.5))
         return x.round_().mul_(res)
 
     def step(self, inp: torch.Tensor) -> torch.Tensor:
@@ -350,7 +354,7 @@ class FusedS4D(nn.Module):
         self.state_quantizer = quant.state if quant is not None and quant.requantizes_state else None
         self.omega = config.mapping.weight_scaling_omega or 1.0
         with torch.no_grad():
-            dA, dB, C, D = (p.detach() for p in ssm.ssm_parameters())
+            dA, dB, C, D = (p.detach().clone() for p in ssm.ssm_parameters())  # C, D would alias the layer's
         # the deployed discrete system, which the crossbars hold under the current state mapping
         self.register_buffer("A_bar", dA)  # (H, n) complex
         self.register_buffer("B_bar", dB)  # (H, n) complex

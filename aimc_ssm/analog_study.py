@@ -13,7 +13,7 @@ Crossbar configs. The encoder, mixing and decoder Linears get the device file's 
 common knobs (--dac-bits, --adc-bits, --adc-range, --out-noise, --tile-size) and the dotted --set
 overrides. The fused SSM kernels get the same, except for their ADC range (--kernel-adc-range,
 default 2) and, if given, their output noise (--kernel-out-noise): a kernel's state columns are
-normalized by the calibrated DAC range and read about x_t / r_h, within ±1.5, while a Linear's
+normalized by the calibrated DAC range and read about x_t / (s_n·r_h), within ±1.5, while a Linear's
 outputs reach ~10 (pcm's out_bound). With pcm's out_bound 10 an 8-bit ADC would round every state
 increment away. --state-mapping chooses how the kernels hold the state (aimc_ssm.analog: "balanced",
 every mode scaled to its channel's input range, or "direct").
@@ -59,7 +59,7 @@ def add_device_flags(parser: argparse.ArgumentParser, converter_flags: bool = Tr
     group.add_argument("--adc-range", type=float, default=None, help="ADC range (forward.out_bound) of the analog Linears (default: the device file's)")
     group.add_argument("--out-noise", type=float, default=None, help="output noise std (forward.out_noise) of every crossbar (default: the device file's)")
     group.add_argument("--tile-size", type=int, default=None, help=COMMON_KNOBS["tile_size"] + " (default: the device file's)")
-    group.add_argument("--kernel-adc-range", type=float, default=DEFAULT_KERNEL_ADC_RANGE, help="ADC range of the fused SSM kernels, whose state columns read about x_t / r_h (default: %(default)s)")
+    group.add_argument("--kernel-adc-range", type=float, default=DEFAULT_KERNEL_ADC_RANGE, help="ADC range of the fused SSM kernels, whose state columns read about x_t / (s_n·r_h), within ±1.5 (default: %(default)s)")
     group.add_argument("--kernel-out-noise", type=float, default=None, help="output noise std of the fused SSM kernels (default: as --out-noise)")
     group.add_argument("--state-mapping", choices=STATE_MAPPINGS, default="balanced", help="how the fused kernels hold the state: balanced (every mode scaled to its channel's input range on the converters) or direct (as it is) (default: %(default)s)")
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="dotted override of the device config for every crossbar, e.g. noise_model.prog_noise_scale=0.5; repeatable")

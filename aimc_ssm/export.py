@@ -44,7 +44,8 @@ LAYOUT = {
     "outputs": "x_t as (Re, Im) pairs, then y_{t-1}",
     "step": "step t reads [u_t, x_{t-1}, u_{t-1}] and writes [x_t, y_{t-1} = C̄ x_{t-1} + D u_{t-1}]; "
     "a sequence of L inputs takes L + 1 steps, the last with u_L = 0",
-    "signal": "digital value of an input = DAC code × dac_step; of an output = ADC code × adc_step",
+    "signal": "digital value of an input = DAC code × dac_step; of an output = ADC code × adc_step; "
+    "for the state, the crossbar's value times state_scales of its mode is the digital model's state",
 }
 
 

@@ -169,7 +169,8 @@ def fit(
             loss.backward()
             # a finite loss can still give infinite gradients (noise injection, a mode at |Ā| = 1); one
             # such step makes every weight NaN, so it is stopped here rather than at the next forward
-            check_finite("gradient norm", nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]), epoch, cfg)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            check_finite("largest gradient", nn.utils.get_total_norm(grads, norm_type=math.inf), epoch, cfg)  # no overflow
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(y)

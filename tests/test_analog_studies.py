@@ -157,6 +157,8 @@ def test_deployer_calibrates_once_and_reuses_the_ranges():
     again = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=10))
     ranges = dac_ranges(first)
     assert ranges["blocks.0.ssm"].shape == (3,) and all(torch.equal(ranges[k], v) for k, v in dac_ranges(again).items())
+    scales = [run.blocks[0].ssm.state_scales for run in (first, again)]
+    assert torch.equal(*scales) and not (scales[0] == 1).all()  # the balanced state mapping is reused too
     x = torch.randn(4, 20, 1)
     with torch.no_grad():
         assert not torch.equal(first(x), again(x))  # other ADC bits, same ranges
