@@ -37,7 +37,7 @@ What to expect on pcm (8-bit converters, out_noise 0.04, PCM programming noise, 
     steps (studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
 
     python studies/adc_sweep.py --quick     # about a minute on 2 cores (3-epoch models)
-    python studies/adc_sweep.py             # about 3.5 minutes on 2 cores on a fresh set-up, training included
+    python studies/adc_sweep.py             # about 4 minutes on 2 cores on a fresh set-up, training included
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
 Defaults: the [Z25] model (H=16, N=64, 1 layer) on the embedded smnist, float 20 epochs, QAT 5
