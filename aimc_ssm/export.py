@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analog import FusedS4D
+from .analog import FusedS4D, column_scales
 from .devices import config_summary, res_to_bits
 from .study import atomic_write, save_figure
 
@@ -63,16 +63,13 @@ def converter_meta(res: float, bound: float) -> dict:
 def crossbar_arrays(kernel: FusedS4D) -> dict[str, np.ndarray]:
     """The arrays of one FusedS4D layer, as documented in the module docstring."""
     tiles = kernel.tiles
-    n_out = kernel.d_state + 1
     config = kernel.rpu_config
     io_pars = config.forward
     programmed = torch.stack([t.get_weights(apply_weight_scaling=False)[0] for t in tiles])  # CPU copies
     # aihwkit keeps the target of a programmed tile as its reference weights
     references = [t.reference_combined_weights for t in tiles]
     target = torch.stack([p if r is None else r.cpu() for p, r in zip(programmed, references)])
-    mapping_scales = [t.get_mapping_scales() for t in tiles]
-    scales = torch.stack([torch.ones(1) if s is None else s.detach().cpu().reshape(-1) for s in mapping_scales])
-    scales = scales.expand(len(tiles), n_out)
+    scales = column_scales(tiles).cpu()  # (H, N+1)
     converter = config.noise_model.g_converter
     conductances = torch.stack([torch.stack(converter.convert_to_conductances(w)[0]) for w in target])
     arrays = {
@@ -93,8 +90,8 @@ def crossbar_arrays(kernel: FusedS4D) -> dict[str, np.ndarray]:
         if io_pars.out_res > 0:
             adc = 2 * io_pars.out_bound / (converter_levels(io_pars.out_res) - 1)
             arrays["adc_step"] = adc * ranges[:, None] * scales * arrays["drift_alpha"][:, None]
-    if kernel.level_steps is not None:
-        steps = kernel.level_steps
+    steps = kernel.level_steps
+    if steps is not None:
         on = steps > 0
         arrays["levels"] = torch.where(on, arrays["weights"] / torch.where(on, steps, 1), 0).round().to(torch.int64)
         arrays["level_steps"] = steps

@@ -55,13 +55,12 @@ import torch
 from torch import nn
 
 from .model import ModelConfig
+from .precision import COMPONENTS, FLOAT_BITS
+from .quantizers import SCHEMES
 from .s4d import S4D
 
-COMPONENTS = ("A", "B", "C", "D", "dt", "state", "act", "mixing", "coder")
-FLOAT_BITS = 32
 METADATA_BITS = 32  # one scale or one zero point
 GRANULARITIES = ("per_tensor", "per_channel")
-SCHEMES = ("symmetric", "asymmetric")
 CODER_WEIGHTS = ("s25", "matrices")
 LINEAR_ROLES = {"encoder": "coder", "decoder": "coder", "mixing": "mixing"}
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .s4d import A_INITS, DISCRETIZATIONS, S4D, check_sizes
+from .s4d import A_INITS, DISCRETIZATIONS, S4D, check_input, check_sizes
 from .configs import from_dict_strict
 
 ACTIVATIONS = ("gelu", "none")
@@ -123,13 +123,7 @@ class S4DModel(nn.Module):
         self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
 
     def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.cfg.d_input:
-            raise ValueError(
-                f"expected input of shape (batch, length, {self.cfg.d_input}), got {tuple(x.shape)}; "
-                "the layout is (batch, length, channels)"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError("input contains NaN or Inf; clean or re-normalise the data first")
+        check_input(x, self.cfg.d_input)
         z = self.encoder(x)  # (B, L, H)
         for block in self.blocks:
             z = block(z, mode)

@@ -18,7 +18,7 @@ The same spec drives post-training quantization and quantization-aware training
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from .quantizers import FLOAT, Z25_PERCENTILE, QuantizerConfig
 from .configs import from_dict_strict
@@ -115,13 +115,7 @@ class PrecisionSpec:
 
     # -- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = {c: getattr(self, c).to_dict() for c in COMPONENTS}
-        d.update(
-            parameterization=self.parameterization,
-            partial_products=self.partial_products,
-            conv_state_proxy=self.conv_state_proxy,
-        )
-        return d
+        return asdict(self)  # every field, so that a new one reaches the cache keys built from it
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrecisionSpec":

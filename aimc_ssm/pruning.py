@@ -49,19 +49,22 @@ from torch.nn.utils import parametrize
 from .metrics import resolve_bits
 from .model import S4DModel
 from .precision import PrecisionSpec
-from .quantize import SSMQuantization, precision_of
+from .quantize import SSMQuantization, install_quantization, precision_of
 
 KINDS = ("structured", "unstructured", "linear")
 LINEAR_NAMES = ("encoder", "mixing", "decoder")
 
 
 # -- masks --------------------------------------------------------------------------------------------
+MASK_BUFFERS = ("keep_mode", "keep_A", "keep_C")  # whole modes, single Ā entries, single C entries
+
+
 class MaskedSSMQuantization(SSMQuantization):
     """An S4D layer's quantization whose deployed system is masked: Ā·keep_A·keep_mode, B̄·keep_mode, C·keep_C·keep_mode."""
 
     def __init__(self, spec: PrecisionSpec, d_model: int, n_modes: int):
         super().__init__(spec)
-        for name in ("keep_mode", "keep_A", "keep_C"):
+        for name in MASK_BUFFERS:
             self.register_buffer(name, torch.ones(d_model, n_modes, dtype=torch.bool))
 
     def ssm_parameters(self, ssm):
@@ -101,23 +104,12 @@ def attach_masks(model: S4DModel) -> S4DModel:
     spec = precision_of(model) or PrecisionSpec.float()
     for ssm in ssm_layers(model).values():
         if not isinstance(ssm.quant, MaskedSSMQuantization):
-            install_masked_quantization(ssm, MaskedSSMQuantization(spec, ssm.d_model, ssm.d_state // 2))
+            install_quantization(ssm, MaskedSSMQuantization(spec, ssm.d_model, ssm.d_state // 2), new_buffers=MASK_BUFFERS)
     for linear in linear_layers(model).values():
         if weight_mask(linear) is None:
             # unsafe: the registration's trial call would fail on a static quantizer not yet calibrated
             parametrize.register_parametrization(linear, "weight", WeightMask(linear.weight.shape).to(linear.weight.device), unsafe=True)
     return model
-
-
-def install_masked_quantization(ssm, masked: MaskedSSMQuantization) -> None:
-    """Make `masked` the layer's quantization, keeping the calibrated ranges and the state quantizer it had."""
-    old = ssm.quant
-    if old is not None:
-        missing, unexpected = masked.load_state_dict(old.state_dict(), strict=False)
-        if unexpected or set(missing) - {"keep_mode", "keep_A", "keep_C"}:
-            raise ValueError(f"the layer's quantization does not match its model's spec: missing {missing}, unexpected {unexpected}")
-        masked.state = old.state
-    ssm.quant = masked.to(ssm.D.device)
 
 
 def mask_tensors(model: S4DModel) -> dict[str, torch.Tensor]:
@@ -126,7 +118,7 @@ def mask_tensors(model: S4DModel) -> dict[str, torch.Tensor]:
     for name, ssm in ssm_layers(model).items():
         if not isinstance(ssm.quant, MaskedSSMQuantization):
             raise ValueError(f"{name} has no masks: call attach_masks(model) first")
-        masks.update({f"{name}.{k}": getattr(ssm.quant, k) for k in ("keep_mode", "keep_A", "keep_C")})
+        masks.update({f"{name}.{k}": getattr(ssm.quant, k) for k in MASK_BUFFERS})
     for name, linear in linear_layers(model).items():
         mask = weight_mask(linear)
         if mask is None:

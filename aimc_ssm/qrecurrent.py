@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .quantizers import ComplexQuantizer, polar_to_cartesian, to_planes
+from .quantizers import ComplexQuantizer, fake_quantize_, polar_to_cartesian, to_planes
 
 
 def output_planes(C: torch.Tensor) -> torch.Tensor:
@@ -35,16 +35,17 @@ def next_state(x: torch.Tensor, u_t: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 
 class _FrozenGrid:
-    """A static cartesian ComplexQuantizer's grid, read once per sequence, for planes laid out
-    channel-major (2, H, B, n): its rounding is `fake_quantize_`'s, operation for operation, without
-    recomputing the grid every step. Clamping to tensor bounds with clamp_min_/clamp_max_ equals the
-    shifted clamp of `fake_quantize_`, as both act on integers."""
+    """A static cartesian ComplexQuantizer's grid, read once per sequence and transposed for planes laid
+    out channel-major (2, H, B, n), so that the recurrence rounds with `fake_quantize_` without
+    recomputing the grid every step."""
 
     def __init__(self, quantizer: ComplexQuantizer, planes: torch.Tensor):
         g = quantizer.parts.grid(planes.transpose(1, 2))  # shaped for (2, B, H, n)
-        self.scale = g.scale.transpose(1, 2) if torch.is_tensor(g.scale) else g.scale  # (2, H, 1, 1)
-        self.lo = g.q_lo.transpose(1, 2) if torch.is_tensor(g.q_lo) else g.q_lo
-        self.hi, self.offset = self.lo + g.span, g.offset
+
+        def channel_major(v):
+            return v.transpose(1, 2) if torch.is_tensor(v) else v  # (2, H, 1, 1)
+
+        self.grid = g._replace(scale=channel_major(g.scale), q_lo=channel_major(g.q_lo))
 
     @staticmethod
     def of(quantizer: ComplexQuantizer | None, planes: torch.Tensor):
@@ -55,14 +56,7 @@ class _FrozenGrid:
         return _FrozenGrid(quantizer, planes) if parts.is_static and not parts.observing else None
 
     def round_(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.div_(self.scale)
-        if self.offset:
-            x = x.sub_(self.offset)
-        x = x.round_()
-        x = x.clamp_min_(self.lo).clamp_max_(self.hi) if torch.is_tensor(self.lo) else x.clamp_(self.lo, self.hi)
-        if self.offset:
-            x = x.add_(self.offset)
-        return x.mul_(self.scale)
+        return fake_quantize_(x, self.grid)
 
 
 def _quantize_channel_major_(quantizer: ComplexQuantizer, grid: _FrozenGrid | None, planes: torch.Tensor) -> torch.Tensor:

@@ -178,9 +178,39 @@ def calibrate(model: nn.Module, batches, mode: str = "conv") -> nn.Module:
     return model
 
 
+def install_quantization(ssm: S4D, quant: SSMQuantization, new_buffers: tuple[str, ...] = ()) -> None:
+    """Make `quant` the layer's quantization, keeping the calibrated ranges and the state quantizer it had
+    (which a deployment may have removed). new_buffers: state `quant` has that the old one lacks."""
+    old = ssm.quant
+    if old is not None:
+        missing, unexpected = quant.load_state_dict(old.state_dict(), strict=False)
+        if unexpected or set(missing) - set(new_buffers):
+            raise ValueError(f"the layer's quantization does not match its model's spec: missing {missing}, unexpected {unexpected}")
+        quant.state = old.state
+    ssm.quant = quant.to(ssm.D.device)
+
+
+CALIBRATION_BATCHES = 8  # training batches: enough for the min/max ranges of static quantizers
+
+
 def calibration_modes(spec: PrecisionSpec) -> tuple[str, ...]:
-    """The modes that calibrate every static quantizer of `spec`."""
-    return ("conv", "recurrent") if "state" in spec.static() else ("conv",)
+    """The modes that calibrate every static quantizer of `spec`. A recurrent pass re-observes every
+    quantizer but the conv-mode state proxies, so a conv pass before it matters only for those."""
+    if "state" not in spec.static():
+        return ("conv",)
+    return ("conv", "recurrent") if spec.conv_state_proxy else ("recurrent",)
+
+
+def calibrate_static(model: S4DModel, spec: PrecisionSpec, batches: list) -> None:
+    """Calibrate every static quantizer of `spec` on `batches`, in each mode that reaches one."""
+    for mode in calibration_modes(spec):
+        calibrate(model, batches, mode)
+
+
+def first_training_batches(data, train_cfg: TrainConfig, count: int = CALIBRATION_BATCHES) -> list:
+    """The first `count` training batches in the seeded training order: what static ranges calibrate on."""
+    train_loader = make_loaders(data, train_cfg.batch_size, train_cfg.seed)[0]
+    return list(itertools.islice(train_loader, count))
 
 
 def ptq_model(float_model: S4DModel, spec: PrecisionSpec, calibration_batches=None) -> S4DModel:
@@ -195,9 +225,7 @@ def ptq_model(float_model: S4DModel, spec: PrecisionSpec, calibration_batches=No
                 f"spec has static ranges for {list(spec.static())}: pass calibration_batches "
                 "(a few training batches), or use ranges='dynamic'"
             )
-        batches = list(calibration_batches)
-        for mode in calibration_modes(spec):
-            calibrate(model, batches, mode)
+        calibrate_static(model, spec, list(calibration_batches))
     return model.eval()
 
 
@@ -207,7 +235,7 @@ def qat_model(
     spec: PrecisionSpec,
     *,
     finetune_from: TrainConfig | None = None,
-    calibration_batches: int = 8,
+    calibration_batches: int = CALIBRATION_BATCHES,
     cache_dir: Path = DEFAULT_CACHE,
     progress: bool = True,
 ) -> tuple[S4DModel, dict]:
@@ -233,10 +261,7 @@ def qat_model(
         model, _ = trained_model(model_cfg, finetune_from, cache_dir, progress)
     quantize_(model, spec)
     if spec.static():
-        train_loader = make_loaders(data, train_cfg.batch_size, train_cfg.seed)[0]
-        batches = list(itertools.islice(train_loader, calibration_batches))
-        for mode in calibration_modes(spec):
-            calibrate(model, batches, mode)
+        calibrate_static(model, spec, first_training_batches(data, train_cfg, calibration_batches))
     meta = {"model": model_cfg.to_dict(), "precision": spec.to_dict(), "finetune_from": source or None}
     metrics = fit(model, data, train_cfg, run_dir, meta, progress)
     return model.cpu().eval(), metrics

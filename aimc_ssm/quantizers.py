@@ -133,8 +133,9 @@ class Grid(NamedTuple):
 
 def _clamp_and_scale_(q: torch.Tensor, g: Grid) -> torch.Tensor:
     """q (rounded, in place) -> scale·(clamp(q, q_lo, q_lo + span) + offset)."""
-    if torch.is_tensor(g.q_lo):  # per-range bounds: shift so that clamp takes numbers (much faster)
-        q = q.sub_(g.q_lo).clamp_(0, g.span).add_(g.q_lo)
+    if torch.is_tensor(g.q_lo):
+        # per-range bounds: clamp_min_/clamp_max_, as clamp_ with two tensor bounds has no vectorized CPU loop
+        q = q.clamp_min_(g.q_lo).clamp_max_(g.q_lo + g.span)
     else:
         q = q.clamp_(g.q_lo, g.q_lo + g.span)
     if g.offset:
@@ -217,7 +218,10 @@ def tensor_ranges(x: torch.Tensor, config: QuantizerConfig, kept: tuple[int, ...
         hi = x.abs().mean(dim=reduced, keepdim=True)
         return -hi, hi
     p = config.percentile
-    if p == 100:
+    per_range = x.numel() // math.prod(x.shape[d] for d in kept)
+    # below 100/(100-p) values per range the nearest rank is the extreme itself: max and min are two
+    # fast reductions where a selection (kthvalue) costs ten times more, e.g. on the re-quantized state
+    if p == 100 or _kth_largest_rank(p, per_range) == per_range:
         hi, lo = x.amax(dim=reduced, keepdim=True), x.amin(dim=reduced, keepdim=True)
         if symmetric:
             hi = torch.maximum(hi, -lo)

@@ -33,7 +33,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from .metrics import HardwareReport, report
-from .precision import COMPONENTS, PrecisionSpec
+from .precision import COMPONENTS, PrecisionSpec, check_component
 from .quantizers import MAX_BITS, MIN_BITS
 from .zoo import ModelZoo
 
@@ -226,8 +226,7 @@ def check_search_components(start: PrecisionSpec, components) -> tuple[str, ...]
         return start.quantized()
     components = tuple(components)
     for c in components:
-        if c not in COMPONENTS:
-            raise ValueError(f"unknown component {c!r}; the components are {COMPONENTS}")
+        check_component(c)
         if start.config(c).is_float:
             raise ValueError(f"component {c!r} is float in the start spec: quantize it there or leave it out of the search")
     return components

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from .model import ModelConfig
-from .train import TrainConfig
+from .train import DEFAULT_CACHE, TrainConfig, atomic_write
 
 RESULTS = Path("results")
 
@@ -61,20 +60,6 @@ class ResultTable:
         return pd.DataFrame(self.rows)
 
 
-def atomic_write(path: Path, write, mode: str = "w") -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure atomically (format from the suffix) and close it."""
     import matplotlib.pyplot as plt
@@ -92,7 +77,7 @@ def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="directory of the mnist / scifar files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compute", default="auto", choices=["auto", "cpu", "cuda"], help="torch device for training and evaluation")
-    parser.add_argument("--models-dir", type=Path, default=RESULTS / "models", help="trained-model cache (default: %(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_CACHE, help="trained-model cache (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="float training epochs (default: 20; 3 with --quick)")
     parser.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default: 5; 1 with --quick)")
     parser.add_argument("--d-model", type=int, default=16, help="H (default: the [Z25] model, H=16)")

@@ -88,20 +88,22 @@ def package_versions() -> dict:
     return versions
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save (or JSON for dicts with .json suffix) to a temporary file, then rename."""
+def atomic_write(path: Path, write, mode: str = "w") -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".json":
-                f.write(json.dumps(obj, indent=2).encode())
-            else:
-                torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -182,8 +184,8 @@ def fit(
             tqdm.write(f"epoch {epoch + 1}: loss {loss_sum / n:.4f}  val {val_acc:.4f}  ({time.time() - t0:.1f}s)")
         if val_acc > best_val:
             best_val = val_acc
-            atomic_save({"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val_acc": val_acc}, run_dir / "best.pt")
-        atomic_save(
+            save_checkpoint({"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val_acc": val_acc}, run_dir / "best.pt")
+        save_checkpoint(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -207,7 +209,7 @@ def fit(
         "history": history,
         **meta,
     }
-    atomic_save(metrics, run_dir / "metrics.json")
+    atomic_write(run_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2)))
     return metrics
 
 
@@ -264,11 +266,16 @@ def load_model(run_dir: Path, prepare: Callable[[S4DModel, dict], None] | None =
     return model.eval(), json.loads((run_dir / "metrics.json").read_text())
 
 
+def float_run_dir(model_cfg: ModelConfig, train_cfg: TrainConfig, cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """Where the float model of these configs is trained and cached: cache_dir/float-<config hash>."""
+    return Path(cache_dir) / f"float-{config_key(model_cfg, train_cfg)}"
+
+
 def trained_model(
     model_cfg: ModelConfig, train_cfg: TrainConfig, cache_dir: Path = DEFAULT_CACHE, progress: bool = True
 ) -> tuple[S4DModel, dict]:
-    """The float model for these configs: trained once, then read from cache_dir/<config hash>/."""
-    run_dir = Path(cache_dir) / f"float-{config_key(model_cfg, train_cfg)}"
+    """The float model for these configs: trained once, then read from `float_run_dir`."""
+    run_dir = float_run_dir(model_cfg, train_cfg, cache_dir)
     if (run_dir / "metrics.json").exists():
         return load_model(run_dir)
     model, metrics = train(model_cfg, train_cfg, run_dir, progress)

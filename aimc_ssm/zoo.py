@@ -20,7 +20,6 @@ runs the recurrence anyway.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,17 +28,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import SequenceData, load_dataset, make_loaders
+from .data import SequenceData, load_dataset
 from .model import S4DModel
 from .precision import PrecisionSpec
-from .quantize import ptq_model, qat_model
+from .quantize import CALIBRATION_BATCHES, first_training_batches, ptq_model, qat_model
 from .study import StudySetup
 from .train import DEFAULT_CACHE, DivergenceError, config_key, evaluate, resolve_device, trained_model
 
 METHODS = ("float", "ptq", "qat")
 SPLITS = ("train", "val", "test")
 MODES = ("conv", "recurrent")
-CALIBRATION_BATCHES = 8  # as qat_model: enough for min/max ranges of static quantizers
 
 
 def requantizes_state(model: S4DModel) -> bool:
@@ -100,10 +98,9 @@ class ModelZoo:
         size = self.setup.train.batch_size
         return [(x[i : min(i + size, n)], y[i : min(i + size, n)]) for i in range(0, n, size)]
 
-    def calibration_batches(self) -> list:
+    def calibration_batches(self, count: int = CALIBRATION_BATCHES) -> list:
         """The first training batches in the seeded training order (what qat_model calibrates on)."""
-        train_loader = make_loaders(self.data, self.setup.train.batch_size, self.setup.train.seed)[0]
-        return list(itertools.islice(train_loader, CALIBRATION_BATCHES))
+        return first_training_batches(self.data, self.setup.train, count)
 
     # -- models ----------------------------------------------------------------------------
     def ptq(self, spec: PrecisionSpec) -> S4DModel:

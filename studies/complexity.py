@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from aimc_ssm.metrics import report
 from aimc_ssm.precision import PrecisionSpec
-from aimc_ssm.search import RECIPES, allocation_key, check_bits_list, recipe_spec
+from aimc_ssm.search import METRICS, RECIPES, allocation_key, check_bits_list, recipe_spec
 from aimc_ssm.study import RESULTS, ResultTable, add_threads_flag, save_figure, study_parser, study_setup
 from aimc_ssm.train import config_key
 from aimc_ssm.zoo import ModelZoo
@@ -46,7 +46,7 @@ from aimc_ssm.zoo import ModelZoo
 NAME = "complexity"
 KEY = ["setup", "spec", "model", "quantity"]
 MODELS = ("float", "ptq", "qat")
-HARDWARE = ("memory_bits", "ace", "model_size_bits", "adc_complexity")
+HARDWARE = tuple(METRICS.values())  # memory_bits, ace, model_size_bits, adc_complexity
 DEFAULT_BITS = 8
 
 
@@ -88,11 +88,12 @@ def read_spec(path: Path) -> PrecisionSpec:
 
 def measure(zoo: ModelZoo, spec: PrecisionSpec, model: str) -> list[dict]:
     """The rows of one model: its accuracy and its four hardware metrics, with reductions over float."""
-    float_report = report(zoo.setup.model, PrecisionSpec.float(), zoo.float_model).as_dict()
-    hardware = float_report if model == "float" else report(zoo.setup.model, spec, zoo.float_model).as_dict()
+    float_report = report(zoo.setup.model, PrecisionSpec.float(), zoo.float_model)
+    hardware = float_report if model == "float" else report(zoo.setup.model, spec, zoo.float_model)
+    values, reductions = hardware.as_dict(), float_report.ratio_to(hardware)
     accuracy = zoo.spec_accuracy(spec, model, "test", "recurrent")
     rows = [{"model": model, "quantity": "accuracy", "value": accuracy, "reduction": math.nan}]
-    rows += [{"model": model, "quantity": q, "value": hardware[q], "reduction": float_report[q] / hardware[q]} for q in HARDWARE]
+    rows += [{"model": model, "quantity": q, "value": values[q], "reduction": reductions[q]} for q in HARDWARE]
     return rows
 
 

@@ -237,7 +237,9 @@ def run_device(zoo, models, devices, table, setup_key, args):
     for experiment, entry, scale in tqdm(todo, desc=f"{NAME}: device", unit="point"):
         start = time.time()
         repeats = repeats_for(scale, args)
-        analog = deployers.setdefault(entry.name, Deployer(entry.model, calibration, devices.state_mapping))(devices.configs(noise_scale=scale))
+        if entry.name not in deployers:  # one calibration per model, not per point
+            deployers[entry.name] = Deployer(entry.model, calibration, devices.state_mapping)
+        analog = deployers[entry.name](devices.configs(noise_scale=scale))
         if experiment == "device":
             runs = [[a] for a in analog_accuracies(analog, batches, repeats, args.seed, first_time, zoo.device)]
             read_times = [first_time]

@@ -137,17 +137,20 @@ def savings(model, suffix="") -> dict:
     return {f"{k}{suffix}": v for k, v in report.items()}
 
 
-def prune_run(zoo, entry, kind, layers, mask_path, args):
+def prune_run(zoo, entry, kind, layers, mask_path, unpruned, args):
     """One greedy pruning run on a masked copy of the model, or its saved masks if an earlier run left them.
 
-    Returns the row's pruning and digital values, and the pruned model."""
+    unpruned: the unpruned model's values by model name, filled on a model's first run (all its runs
+    start from the same model). Returns the row's pruning and digital values, and the pruned model."""
     model = attach_masks(copy.deepcopy(without_state_requantization(entry.model))).to(zoo.device)
     val, test = zoo.batches("val"), zoo.batches("test")
-    before = {
-        "val_accuracy_unpruned": evaluate(model, val, "conv", zoo.device),
-        "test_accuracy_unpruned": evaluate(model, test, "conv", zoo.device),
-        **savings(model, "_unpruned"),
-    }
+    if entry.name not in unpruned:
+        unpruned[entry.name] = {
+            "val_accuracy_unpruned": evaluate(model, val, "conv", zoo.device),
+            "test_accuracy_unpruned": evaluate(model, test, "conv", zoo.device),
+            **savings(model, "_unpruned"),
+        }
+    before = unpruned[entry.name]
     if mask_path.exists():
         saved = torch.load(mask_path, weights_only=True)
         load_masks(model, saved.pop("masks"))
@@ -177,12 +180,12 @@ def analog_accuracy(zoo, model, devices, calibration, args) -> float:
 def run_all(zoo, models, devices, table, setup_key, mask_dir, args):
     todo = [r for r in runs(models, args.kinds) if not table.done(setup=setup_key, model=r[0].name, kind=r[1], scope=r[2])]
     calibration = calibration_inputs(zoo).to(zoo.device)
-    unpruned_analog = {}
+    unpruned, unpruned_analog = {}, {}
     for entry, kind, scope, layers in tqdm(todo, desc=NAME, unit="run"):
         start = time.time()
         if entry.name not in unpruned_analog:
             unpruned_analog[entry.name] = analog_accuracy(zoo, entry.model, devices, calibration, args)
-        values, pruned_model = prune_run(zoo, entry, kind, layers, mask_dir / f"{entry.name}-{kind}-{scope}.pt", args)
+        values, pruned_model = prune_run(zoo, entry, kind, layers, mask_dir / f"{entry.name}-{kind}-{scope}.pt", unpruned, args)
         table.add({
             "setup": setup_key, "model": entry.name, "method": entry.method, "bits": entry.bits,
             "kind": kind, "scope": scope, **values,

@@ -41,7 +41,7 @@ import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from aimc_ssm.precision import PrecisionSpec
+from aimc_ssm.precision import FLOAT_BITS, PrecisionSpec
 from aimc_ssm.search import RECIPES, SWEEP_COMPONENTS, check_bits_list, sensitivity_points
 from aimc_ssm.study import ResultTable, add_threads_flag, save_figure, study_parser, study_setup
 from aimc_ssm.zoo import ModelZoo
@@ -51,7 +51,6 @@ KEY = ["setup", "experiment", "recipe", "component", "bits", "method", "mode"]
 FULL_COMPONENTS, FULL_BITS = SWEEP_COMPONENTS, (2, 4, 8)
 QUICK_COMPONENTS, QUICK_BITS = ("A", "state"), (4, 8)
 HEADLINE_BITS, HEADLINE_STATE_BITS = 8, 16
-FLOAT_BITS = 32
 
 
 def parse_args(argv=None):

@@ -121,7 +121,7 @@ def test_skip_term_is_aligned_with_its_step(ssm, u):
 @pytest.mark.parametrize("bits", [3, 5])
 def test_adc_bits_bound_the_distinct_outputs(ssm, u, bits):
     fused = kernel(ssm, u, adc_bits=bits, adc_range=2.0, out_noise=0.0)
-    stack = CrossbarStack(fused.tiles, N + 1)
+    stack = CrossbarStack(fused.tiles)
     inp = torch.randn(H, 64, N + 2) * 3
     out = stack.step(inp.clone())  # digital outputs of every column
     y = fused(u)
@@ -171,7 +171,7 @@ def test_managed_fused_step_matches_aihwkit_mvm_bit_for_bit(ssm, u, overrides):
 def test_all_zero_inputs_read_zero_without_draws(ssm, u):
     """aihwkit's shortcut: under noise management an all-zero input reads 0 and draws no output noise."""
     fused = kernel(ssm, u, **MANAGED)
-    stack = CrossbarStack(fused.tiles, N + 1)
+    stack = CrossbarStack(fused.tiles)
     torch.manual_seed(0)
     assert not stack.step(torch.zeros(H, 4, N + 2)).any()
     after = torch.randn(1)
