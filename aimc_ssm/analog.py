@@ -121,6 +121,18 @@ def crossbar_grid_steps(ssm: S4D) -> tuple[torch.Tensor, ...] | None:
     return tuple(step.detach().cpu() for step in grid_steps)
 
 
+@torch.no_grad()
+def signal_peaks(dA: torch.Tensor, dB: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest |u| per channel (H,) and largest |Re x|, |Im x| per mode (H, n) of the system
+    x_t = Ā x_{t-1} + B̄ u_t (Ā, B̄ (H, n)) on inputs u (B, L, H)."""
+    x = torch.zeros(u.shape[0], *dA.shape, dtype=dA.dtype, device=u.device)  # (B, H, n)
+    peak = torch.zeros(dA.shape, device=u.device)
+    for t in range(u.shape[1]):
+        x = dA * x + dB * u[:, t, :, None]
+        peak = torch.maximum(peak, torch.view_as_real(x).abs().amax(dim=(0, 3)))
+    return u.abs().amax(dim=(0, 1)), peak
+
+
 def real_state(x: torch.Tensor) -> torch.Tensor:
     """Complex state (B, H, n) -> crossbar layout (H, B, N): (Re, Im) pairs interleaved."""
     B, H, n = x.shape
@@ -434,22 +446,20 @@ class FusedS4D(nn.Module):
         """Largest |u| per channel (H,) and largest |Re x|, |Im x| per mode (H, n) of the digital
         system on u (B, L, H), the state as it is (not mapped)."""
         check_input(u, self.d_model)
-        x = torch.zeros(u.shape[0], *self.A_bar.shape, dtype=self.A_bar.dtype, device=u.device)  # (B, H, n)
-        peak = torch.zeros(self.A_bar.shape, device=u.device)
-        for t in range(u.shape[1]):
-            x = self.A_bar * x + self.B_bar * u[:, t, :, None]
-            peak = torch.maximum(peak, torch.view_as_real(x).abs().amax(dim=(0, 3)))
-        return u.abs().amax(dim=(0, 1)), peak
+        return signal_peaks(self.A_bar, self.B_bar, u)
+
+    def calibrate(self, u: torch.Tensor, state_mapping: str = "balanced") -> None:
+        """Set the state mapping and the DAC ranges from the signals of inputs u (B, L, H); before `program`."""
+        self.calibrate_from_peaks(*self.signal_peaks(u), state_mapping)
 
     @torch.no_grad()
-    def calibrate(self, u: torch.Tensor, state_mapping: str = "balanced") -> None:
-        """Set the state mapping and the DAC ranges from the signals of inputs u (B, L, H); before `program`.
+    def calibrate_from_peaks(self, u_peak: torch.Tensor, x_peak: torch.Tensor, state_mapping: str = "balanced") -> None:
+        """Set the state mapping and the DAC ranges from `signal_peaks`; before `program`.
 
         "balanced": s_n = peak|x_n| / peak|u| of the channel, so every mode spans the input's range;
         "direct": s_n = 1. The DAC range r_h is the largest |u| or mapped |x| of the channel.
         """
         check_state_mapping(state_mapping)
-        u_peak, x_peak = self.signal_peaks(u)
         scales = torch.ones_like(x_peak)
         if state_mapping == "balanced":
             live = (x_peak > 0) & (u_peak[:, None] > 0)  # a mode that never moves keeps its scale
@@ -605,15 +615,16 @@ def to_analog(
     return model.eval()
 
 
-@torch.no_grad()
 def calibrate_crossbars(analog_model: S4DModel, source: S4DModel, inputs: torch.Tensor, state_mapping: str = "balanced") -> None:
     """Set the static DAC ranges (aihwkit input ranges) and the kernels' state mapping of `analog_model`
-    from `source`'s signals on inputs; before `program`.
+    from `source`'s signals on inputs; before `program`. See `measure_signals` and `apply_signal_peaks`."""
+    apply_signal_peaks(analog_model, measure_signals(source, inputs), state_mapping)
 
-    Each crossbar gets the largest |u| and mapped |x| its channel sees (`FusedS4D.calibrate`); each
-    analog Linear the largest |input|. Tiles without an input range keep none: perfect forwards (no
-    DAC), and the Linear tiles of devices that scale their inputs by noise management instead.
-    """
+
+@torch.no_grad()
+def measure_signals(source: S4DModel, inputs: torch.Tensor) -> dict:
+    """What calibration needs of `source`'s signals on inputs (B, L, d_input), by module name: the
+    largest |input| of every Linear (encoder, mixing, decoder), `signal_peaks` of every SSM layer."""
     was_training = source.training
     source.eval()
     seen: dict[str, torch.Tensor] = {}
@@ -634,14 +645,26 @@ def calibrate_crossbars(analog_model: S4DModel, source: S4DModel, inputs: torch.
         for handle in handles:
             handle.remove()
         source.train(was_training)
-    analog = dict(analog_model.named_modules())
-    for name in linears:
-        peak = seen[name].abs().max().item()
-        for tile in analog[name].analog_tiles():
+    peaks: dict = {name: seen[name].abs().max().item() for name in linears}
+    for name in ssms:
+        dA, dB, _, _ = modules[name].ssm_parameters()
+        peaks[name] = signal_peaks(dA.detach(), dB.detach(), seen[name])
+    return peaks
+
+
+def apply_signal_peaks(analog_model: S4DModel, peaks: dict, state_mapping: str = "balanced") -> None:
+    """Set DAC ranges and state mappings from `measure_signals`: each crossbar gets the largest |u| and
+    mapped |x| its channel sees (`FusedS4D.calibrate_from_peaks`), each analog Linear the largest |input|.
+    Tiles without an input range keep none: perfect forwards (no DAC), and the Linear tiles of devices
+    that scale their inputs by noise management instead. One measurement serves any number of devices."""
+    modules = dict(analog_model.named_modules())
+    for name, peak in peaks.items():
+        if isinstance(modules[name], FusedS4D):
+            modules[name].calibrate_from_peaks(*peak, state_mapping)
+            continue
+        for tile in modules[name].analog_tiles():
             if tile.input_range is not None:
                 tile.set_input_range(peak if peak > 0 else 1.0)
-    for name in ssms:
-        analog[name].calibrate(seen[name], state_mapping)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .analog import STATE_MAPPINGS, FusedS4D, inject_weight_noise, program, to_analog, training_noise
+from .analog import STATE_MAPPINGS, apply_signal_peaks, inject_weight_noise, measure_signals, program, to_analog, training_noise
 from .devices import COMMON_KNOBS, DeviceError, load_device, parse_settings
 from .model import S4DModel
 from .precision import PrecisionSpec
@@ -202,68 +202,28 @@ def without_state_requantization(model: S4DModel) -> S4DModel:
 
 
 class Deployer:
-    """Puts one model on crossbars at any number of device settings, calibrating it once.
+    """Puts one model on crossbars at any number of device settings, measuring its signals once.
 
     deployer(configs): the model with analog Linears on configs[0] and fused kernels on configs[1]
-    (aimc_ssm.analog.to_analog). The first call calibrates the DAC ranges and the kernels' state mapping
-    on `calibration` inputs; later calls reuse them, as they depend on the model's signals only, not on
-    the device. The model's digital state quantizer is not applied on the crossbar (see the module docstring).
+    (aimc_ssm.analog.to_analog), its DAC ranges and the kernels' state mapping set from the source
+    model's signals on `calibration` inputs, measured on the first call: they depend on the model's
+    signals only, not on the device. The model's digital state quantizer is not applied on the crossbar
+    (see the module docstring).
     """
 
     def __init__(self, model: S4DModel, calibration: torch.Tensor, state_mapping: str = "balanced"):
         self.source = without_state_requantization(model).to(calibration.device)
         self.calibration = calibration
         self.state_mapping = state_mapping
-        self.ranges: dict[str, torch.Tensor] | None = None
-        self.state_scales: dict[str, torch.Tensor] = {}
+        self.peaks: dict | None = None
 
     def __call__(self, configs) -> S4DModel:
         linear_config, kernel_config = configs
-        if self.ranges is None:
-            analog = to_analog(
-                self.source, linear_config, ssm_rpu_config=kernel_config,
-                calibration_inputs=self.calibration, state_mapping=self.state_mapping,
-            )
-            self.ranges = dac_ranges(analog)
-            self.state_scales = {name: m.state_scales.clone() for name, m in dac_modules(analog).items() if isinstance(m, FusedS4D)}
-            return analog
-        analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config)
-        modules = dac_modules(analog)
-        for name, scales in self.state_scales.items():
-            modules[name].set_state_scales(scales)
-        set_dac_ranges(analog, self.ranges)
+        if self.peaks is None:
+            self.peaks = measure_signals(self.source, self.calibration)
+        analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config, state_mapping=self.state_mapping)
+        apply_signal_peaks(analog, self.peaks, self.state_mapping)
         return analog
-
-
-def dac_modules(analog: S4DModel) -> dict:
-    """The analog modules with DAC ranges: encoder, decoder, every mixing (AnalogLinear) and SSM (FusedS4D)."""
-    names = ["encoder", "decoder"] + [f"blocks.{i}.{part}" for i in range(len(analog.blocks)) for part in ("mixing", "ssm")]
-    modules = dict(analog.named_modules())
-    return {name: modules[name] for name in names}
-
-
-def dac_ranges(analog: S4DModel) -> dict[str, torch.Tensor]:
-    """DAC range per analog module: (H,) per fused kernel, one value per Linear (empty: no DAC)."""
-    ranges = {}
-    for name, module in dac_modules(analog).items():
-        if isinstance(module, FusedS4D):
-            found = module.input_ranges()
-        else:
-            found = next((t.input_range.detach().reshape(1) for t in module.analog_tiles() if t.input_range is not None), None)
-        ranges[name] = torch.empty(0) if found is None else found.clone()
-    return ranges
-
-
-def set_dac_ranges(analog: S4DModel, ranges: dict[str, torch.Tensor]) -> None:
-    for name, module in dac_modules(analog).items():
-        if not len(ranges[name]):
-            continue
-        if isinstance(module, FusedS4D):
-            module.set_input_ranges(ranges[name])
-        else:
-            for tile in module.analog_tiles():
-                if tile.input_range is not None:
-                    tile.set_input_range(ranges[name].item())
 
 
 def seed_for(seed: int, repeat: int) -> int:

@@ -55,11 +55,19 @@ def bits_to_res(bits: int | None) -> float:
     return 1.0 / (2**bits - 2)
 
 
-def res_to_bits(res: float) -> int | None:
-    """Inverse of `bits_to_res` for n-bit resolutions; None where the converter does not quantize."""
+def res_to_steps(res: float) -> int | None:
+    """Steps of an aihwkit converter's full range (res < 1: a fraction of it; res >= 1: a count); None
+    where it does not quantize. It has steps + 1 levels."""
     if res <= 0:
         return None
-    steps = round(1 / res) if res < 1 else round(res)
+    return round(1 / res) if res < 1 else round(res)
+
+
+def res_to_bits(res: float) -> int | None:
+    """Inverse of `bits_to_res` for n-bit resolutions; None where the converter does not quantize."""
+    steps = res_to_steps(res)
+    if steps is None:
+        return None
     bits = (steps + 2).bit_length() - 1
     return bits if 2**bits - 2 == steps else None
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .analog import FusedS4D, column_scales
-from .devices import config_summary, res_to_bits
+from .devices import config_summary, res_to_bits, res_to_steps
 from .study import atomic_write, save_figure
 
 FORMAT, VERSION = "aimc-ssm crossbars", 1
@@ -51,9 +51,8 @@ LAYOUT = {
 
 def converter_levels(res: float) -> int | None:
     """Levels of an aihwkit converter with resolution res (None: not quantized)."""
-    if res <= 0:
-        return None
-    return int(round(1 / res if res < 1 else res)) + 1
+    steps = res_to_steps(res)
+    return None if steps is None else steps + 1
 
 
 def converter_meta(res: float, bound: float) -> dict:

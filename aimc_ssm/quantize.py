@@ -31,13 +31,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .data import load_dataset, make_loaders
+from .data import make_loaders
 from .model import ModelConfig, S4DModel
 from .precision import PrecisionSpec
 from .qrecurrent import quantized_scan, quantized_step
 from .quantizers import ComplexQuantizer, FakeQuantizer, QuantizerConfig
 from .s4d import S4D, discretize
-from .train import DEFAULT_CACHE, TrainConfig, check_data_fits, config_key, fit, load_model, trained_model
+from .train import DEFAULT_CACHE, TrainConfig, config_key, fit, load_model, trained_model, training_data
 
 
 class SSMQuantization(nn.Module):
@@ -252,8 +252,7 @@ def qat_model(
     run_dir = Path(cache_dir) / f"qat-{config_key(model_cfg, train_cfg, spec.to_dict(), source)}"
     if (run_dir / "metrics.json").exists():
         return load_quantized_model(run_dir)
-    data = load_dataset(train_cfg.dataset, root=train_cfg.data_dir, permuted=train_cfg.permuted, seed=train_cfg.seed)
-    check_data_fits(model_cfg, data)
+    data = training_data(model_cfg, train_cfg)
     if finetune_from is None:
         torch.manual_seed(train_cfg.seed)
         model = S4DModel(model_cfg)

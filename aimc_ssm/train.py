@@ -225,12 +225,18 @@ def config_key(*configs) -> str:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, progress: bool = True):
     """Build, train and return (model, metrics); resumes an interrupted run in run_dir."""
-    data = load_dataset(train_cfg.dataset, root=train_cfg.data_dir, permuted=train_cfg.permuted, seed=train_cfg.seed)
-    check_data_fits(model_cfg, data)
+    data = training_data(model_cfg, train_cfg)
     torch.manual_seed(train_cfg.seed)
     model = S4DModel(model_cfg)
     metrics = fit(model, data, train_cfg, run_dir, {"model": model_cfg.to_dict()}, progress)
     return model.cpu(), metrics
+
+
+def training_data(model_cfg: ModelConfig, train_cfg: TrainConfig) -> SequenceData:
+    """The dataset `train_cfg` names, checked against the model's input and output sizes."""
+    data = load_dataset(train_cfg.dataset, root=train_cfg.data_dir, permuted=train_cfg.permuted, seed=train_cfg.seed)
+    check_data_fits(model_cfg, data)
+    return data
 
 
 def check_data_fits(model_cfg: ModelConfig, data: SequenceData) -> None:

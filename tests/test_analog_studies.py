@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aimc_ssm.analog_study import Deployer, DeviceSettings, dac_ranges, with_weight_noise, without_state_requantization
+from aimc_ssm.analog_study import Deployer, DeviceSettings, with_weight_noise, without_state_requantization
 from aimc_ssm.model import ModelConfig, S4DModel
 from aimc_ssm.precision import PrecisionSpec
 from aimc_ssm.quantize import quantize_
@@ -147,6 +147,13 @@ def test_device_settings_give_the_kernels_their_own_adc_range_and_scale_the_nois
         assert config.forward.inp_sto_round and config.forward.out_sto_round and config.forward.out_noise == 0
 
 
+def dac_ranges(analog) -> dict[str, torch.Tensor]:
+    """DAC range of every analog module: (H,) per fused kernel, (1,) per Linear."""
+    ranges = {name: analog.get_submodule(name).analog_module.input_range.detach().reshape(1) for name in ("encoder", "decoder", "blocks.0.mixing")}
+    ranges["blocks.0.ssm"] = analog.blocks[0].ssm.input_ranges()
+    return ranges
+
+
 def test_deployer_calibrates_once_and_reuses_the_ranges():
     model = quantize_(tiny_model(), PrecisionSpec.z25(8))
     calibration = torch.randn(8, 20, 1)
@@ -157,6 +164,7 @@ def test_deployer_calibrates_once_and_reuses_the_ranges():
     again = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=10))
     ranges = dac_ranges(first)
     assert ranges["blocks.0.ssm"].shape == (3,) and all(torch.equal(ranges[k], v) for k, v in dac_ranges(again).items())
+    assert not (ranges["encoder"] == 3.0).all()  # calibrated, not the device's init value
     scales = [run.blocks[0].ssm.state_scales for run in (first, again)]
     assert torch.equal(*scales) and not (scales[0] == 1).all()  # the balanced state mapping is reused too
     x = torch.randn(4, 20, 1)
