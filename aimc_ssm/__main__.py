@@ -7,8 +7,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .model import ModelConfig
-from .train import DEFAULT_CACHE, TrainConfig, float_run_dir, train
+from .cache import DEFAULT_CACHE, float_model, float_run_dir
+from .core.model import ModelConfig
+from .core.train import TrainConfig
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
@@ -44,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["devices"]:  # its own parser takes every flag after the word
-        from .devices import main as devices_main
+        from .analog.devices import main as devices_main
 
         return devices_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         model_cfg, train_cfg = pick(args, ModelConfig), pick(args, TrainConfig)
         run_dir = args.run_dir or float_run_dir(model_cfg, train_cfg)
-        _, metrics = train(model_cfg, train_cfg, run_dir, progress=not args.no_progress)
+        _, metrics = float_model(model_cfg, train_cfg, progress=not args.no_progress, run_dir=run_dir)
         summary = {k: metrics[k] for k in ("best_val_acc", "test_acc_conv", "test_acc_recurrent", "epochs", "train_seconds", "device")}
         print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
     except (ValueError, FileNotFoundError) as err:

@@ -22,9 +22,10 @@ import time
 
 import torch
 
-from aimc_ssm.analog import FusedS4D, program
-from aimc_ssm.devices import load_device, parse_settings
-from aimc_ssm.s4d import S4D
+from aimc_ssm.analog.deploy import program
+from aimc_ssm.analog.devices import load_device, parse_settings
+from aimc_ssm.analog.kernel import FusedS4D
+from aimc_ssm.core.s4d import S4D
 
 
 def timed(fn, compute: str) -> float:

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from aimc_ssm.model import ModelConfig, S4DModel
-from aimc_ssm.precision import PrecisionSpec
-from aimc_ssm.qrecurrent import quantized_scan, quantized_scan_ref
-from aimc_ssm.quantize import calibrate, quantize_
+from aimc_ssm.core.model import ModelConfig, S4DModel
+from aimc_ssm.quant.precision import PrecisionSpec
+from aimc_ssm.quant.qrecurrent import quantized_scan, quantized_scan_ref
+from aimc_ssm.quant.quantize import calibrate, quantize_
 
 
 def parse_args():
@@ -69,10 +69,10 @@ def main():
         calibrate(model, [torch.randn(min(B, 32), L, 1, device=args.compute)], "recurrent")
     params = ssm.ssm_parameters()
 
-    quantized_scan(u[:, :8], params, ssm.quant)  # warm-up
-    fast_s, y_fast = timed(lambda: quantized_scan(u, params, ssm.quant), args.compute)
+    quantized_scan(u[:, :8], params, ssm.quantization)  # warm-up
+    fast_s, y_fast = timed(lambda: quantized_scan(u, params, ssm.quantization), args.compute)
     ref_steps = min(L, args.ref_steps)
-    ref_s, y_ref = timed(lambda: quantized_scan_ref(u[:, :ref_steps], params, ssm.quant), args.compute)
+    ref_s, y_ref = timed(lambda: quantized_scan_ref(u[:, :ref_steps], params, ssm.quantization), args.compute)
     ref_full_s = ref_s * L / ref_steps
     err = (y_fast[:, :ref_steps] - y_ref).abs().max().item()
 

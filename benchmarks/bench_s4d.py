@@ -4,7 +4,7 @@
     python benchmarks/bench_s4d.py --compute cuda  # the same on a GPU
 
 The reference computes the same model with the kernel built by repeated multiplication and the
-convolution as a direct causal sum (`kernel_ref`, `direct_conv_ref`); both run in one process, so
+convolution as a direct causal sum (`ssm_kernel_ref`, `causal_conv_ref`); both run in one process, so
 the printed ratio compares like with like.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ import types
 import torch
 
 from aimc_ssm import ModelConfig, S4DModel
-from aimc_ssm.s4d import direct_conv_ref, kernel_ref
+from aimc_ssm.core.s4d import causal_conv_ref, ssm_kernel_ref
 
 
 def reference_forward_conv(self, u):
     dA, dB, C, D = self.ssm_parameters()
-    return direct_conv_ref(u, kernel_ref(dA, dB, C, u.shape[1])) + D * u
+    return causal_conv_ref(u, ssm_kernel_ref(dA, dB, C, u.shape[1])) + D * u
 
 
 def as_reference(model: S4DModel) -> S4DModel:

@@ -1,15 +1,23 @@
-"""Accuracy vs ADC and DAC resolution of float, PTQ and QAT S4D models on analog crossbars: the main study.
+"""Accuracy vs ADC and DAC resolution of S4D models on analog crossbars, per kernel mapping and training: the main study.
 
-Each model (float; PTQ and QAT at --bits with the --recipe quantizers, QAT fine-tuned from the float
-model) is mapped onto the --device with aimc_ssm.analog.to_analog: one fused crossbar per SSM channel
-([S24]: [u_t, x_{t-1}, u_{t-1}] in, [x_t, y_{t-1}] out, the state fed back through ADC and DAC every
-step) and analog tiles for the encoder, mixing and decoder. DAC ranges are calibrated on two training
-batches. The study then sweeps the converters of every crossbar:
+Each model is mapped onto the --device with aimc_ssm.analog.deploy.to_analog: one fused crossbar per
+SSM channel ([S24]: [u_t, x_{t-1}, u_{t-1}] in, [x_t, y_{t-1}] out, the state fed back through ADC and
+DAC every step) and analog tiles for the encoder, mixing and decoder; DAC ranges are calibrated on two
+training batches. The models (--training):
+
+    float   the float model
+    ptq     post-training quantization at --bits (--recipe)
+    qat     quantization-aware fine-tuning at --bits from the float model
+    hwa     the float model fine-tuned through a differentiable simulation of its deployment
+            (aimc_ssm.analog.hwa: the kernels' mapped cells drawing the device's programming noise
+            and drift, its converters, output noise; Linear weight noise) for --hwa-epochs
+
+each on every kernel mapping in --mapping (direct, balanced, incremental: aimc_ssm/analog/kernel.py,
+the one place that explains them). The study sweeps the converters of every crossbar:
 
     ADC sweep   ADC bits in --adc-bits, the DAC at the largest of --dac-bits
     DAC sweep   DAC bits in --dac-bits, the ADC at the largest of --adc-bits
-so each curve shows what one converter costs while the other is at its finest setting. Each point is
-measured under three noise conditions (--noise):
+under three noise conditions (--noise):
 
     converters  DAC and ADC quantization only: target weights, no output noise (deterministic: 1 repeat)
     stochastic  the same converters rounding stochastically (aihwkit's forward.inp_sto_round and
@@ -17,104 +25,143 @@ measured under three noise conditions (--noise):
     device      the device's noise too: fresh programming noise for every repeat (seeded), drift and
                 read noise up to --t-inference, output noise in every MVM (--repeats draws)
 
+Defaults: the co-designed model and kernels that hold on pcm. The model is [Z25]'s size (H=16, N=64,
+1 layer) with slower rotations and shorter steps (--a-init lin-quarter --dt-max 0.01: every mode's
+margin to the unit circle is then no longer dwarfed by its rotation cell on the crossbar); the kernels
+use 4 devices per weight (--copies), the y column its own ADC range 8 (--y-adc-range), and drift
+compensation from averaged reads (--kernel-drift-compensation). --a-init lin --dt-max 0.1 --copies 1
+--y-adc-range 0 give [Z25]'s model on one device per weight, one ADC range per crossbar.
+
+Measured on an H200 (python studies/adc_sweep.py --compute cuda --adc-bits 8 --dac-bits 8
+--t-inference 3600 --repeats 3 --test-samples 500 --mapping incremental --training float qat hwa
+--noise converters device, with the defaults above; three draws):
+  - converters only, 8-bit DAC and ADC: float 85.6 % (digital 87.4), QAT-8 86.8 % (digital 88.0);
+  - pcm at 1 h: QAT-8 74.8 ± 1.0 %, hwa 72.0 ± 2.4 %, float 71.3 ± 3.0 %, with about 4 of 16 channels
+    still holding a mode outside the unit circle (`unstable_channels`);
+  - the same at 1 day (--t-inference 86400): QAT-8 66.3 ± 2.4 %; with a 6-bit ADC (--adc-bits 6, the
+    Linears' ADC range 3 by --adc-range 3): QAT-8 67.6 ± 4.1 %.
+
 ADC complexity ([S25], converted outputs x ADC bits per step) with every conversion at the swept ADC
-bits: aimc_ssm.metrics.adc_complexity with r_state = r_act = r_lin = ADC bits, i.e. the N state
+bits: aimc_ssm.quant.metrics.adc_complexity with r_state = r_act = r_lin = ADC bits, i.e. the N state
 columns and the y column of every kernel, the mixing outputs, and the encoder and decoder outputs:
     ADC bits x (L·H·(N + 1) + L·M + H + d_out)     (M = 2H mixing outputs for the GLU)
-which is linear in the bits and the same for every model.
+which is linear in the bits and the same for every model and mapping (copies add cells, not conversions).
 
-The fused kernels hold the state balanced (--state-mapping, see aimc_ssm.analog): every mode scaled
-to its channel's input range, so that one converter grid serves modes of very different sizes.
-
-What to expect on pcm (8-bit converters, out_noise 0.04, PCM programming noise, drift, 1/f read noise):
-  - converters: about 12 bits in both to stay within a point of the digital model. A 10-bit ADC gives
-    about 80 % and 8 bits below 30 %: slow modes whose change per step is below half a level stop
-    moving. With --state-mapping direct, 10 bits fall below 40 %.
-  - stochastic: 8-bit converters within a few points of the digital model (8-bit ADC about 85 %,
-    8-bit DAC about 90 %).
-  - device noise: every model at chance. The state matrix Ā of this model has |Ā| within 1e-3 of 1,
-    and noise of 0.1-0.2 % of Ā's range already moves eigenvalues outside the unit circle over 784
-    steps (studies/noise_resilience.py: pcm's noise would have to be about 30 times smaller).
-
-    python studies/adc_sweep.py --quick     # about a minute on 2 cores (3-epoch models)
-    python studies/adc_sweep.py             # about 4 minutes on 2 cores on a fresh set-up, training included
+    python studies/adc_sweep.py --quick     # a few minutes on 2 cores (3-epoch models)
+    python studies/adc_sweep.py --compute cuda
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
-Defaults: the [Z25] model (H=16, N=64, 1 layer) on the embedded smnist, float 20 epochs, QAT 5
-epochs of fine-tuning; PTQ and QAT at 8 bits (z25 recipe); device pcm; ADC bits 8 10 12 14 16, DAC
-bits 8 12 16; 2 repeats; the first 200 test samples. --quick: 3 and 1 epochs, ADC 8 14, DAC 14,
-2 repeats, 100 test samples. Models come from --models-dir, trained once and shared with other studies.
+Budgets: float 20 epochs, QAT 5, hwa 3; PTQ and QAT at 8 bits (z25-state16 recipe); device pcm; ADC
+bits 8 10 12 14 16, DAC bits 8 12 16; 4 copies; 2 repeats at 1 h; the first 200 test samples. --quick: 3, 1
+and 1 epochs, ADC 8 14, DAC 14, 1 copy, 2 repeats, 100 test samples. Models come from --models-dir, trained
+once and shared with other studies.
 
 results/adc_sweep/results.csv, one row per accuracy measured (a killed run resumes):
     setup             hash of the models, test subset and device settings (rows of other runs are kept, not mixed)
-    model             "float", "ptq-<bits>" or "qat-<bits>";  method, bits: its method and bit width (32: float)
+    model             "float", "ptq-<bits>", "qat-<bits>" or "hwa-float";  method (= training), bits
+    mapping           the kernels' mapping
     noise             "converters", "stochastic" or "device"
     adc_bits          ADC resolution of every crossbar;  dac_bits: DAC resolution of every crossbar
     repeat            index of the noise draw (seed = 1000 * --seed + repeat)
     accuracy          test accuracy of the analog model on `samples` test samples
+    unstable_channels kernel channels whose programmed recurrence has a mode with |λ| >= 1
+                      (aimc_ssm.analog.stability): why a draw is at chance; 0 on target weights
     digital_accuracy  the same model computed digitally (no converters, no noise), same samples
-    adc_complexity    converted output bits per time step (see above)
+    adc_complexity    converted output bits per time step (see above);  crossbar_cells: the kernels' cells
     samples, device, seconds
     t_inference       seconds of drift after programming (device condition; empty: not programmed)
 Plots in results/adc_sweep/: accuracy_vs_adc_bits.png and accuracy_vs_dac_bits.png (mean and standard
-deviation band per model, one panel per noise condition), accuracy_vs_adc_complexity.png.
+deviation band per model, one row of panels per mapping, one column per noise condition),
+accuracy_vs_adc_complexity.png.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 
-import pandas as pd
 import seaborn as sns
-import torch
-from tqdm.auto import tqdm
 
-from aimc_ssm.analog_study import (
+from aimc_ssm.analog.devices import DeviceError
+from aimc_ssm.analog.hwa import KernelHWA
+from aimc_ssm.analog.kernel import MAPPINGS, fused_layers
+from aimc_ssm.io import save_figure
+from aimc_ssm.quant.metrics import adc_complexity
+from aimc_ssm.study.analog import (
     Deployer,
     DeviceSettings,
+    StudyModel,
     add_device_flags,
     add_model_flags,
     analog_accuracies,
     calibration_inputs,
+    kernel_hwa_entry,
     study_key,
     study_models,
 )
-from aimc_ssm.devices import DeviceError
-from aimc_ssm.metrics import adc_complexity
-from aimc_ssm.study import ResultTable, add_threads_flag, save_figure, study_parser, study_setup
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "adc_sweep"
-KEY = ["setup", "model", "noise", "adc_bits", "dac_bits", "repeat"]
+KEY = ["setup", "model", "mapping", "noise", "adc_bits", "dac_bits", "repeat"]
+TRAININGS = ("float", "ptq", "qat", "hwa")
 NOISES = ("converters", "stochastic", "device")
 STOCHASTIC_ROUNDING = {"forward.inp_sto_round": True, "forward.out_sto_round": True}
 CHANCE = 0.1  # ten classes
-FULL = {"adc_bits": [8, 10, 12, 14, 16], "dac_bits": [8, 12, 16], "repeats": 2, "test_samples": 200}
-QUICK = {"adc_bits": [8, 14], "dac_bits": [14], "repeats": 2, "test_samples": 100}
+BUDGET = Budget(
+    full={"adc_bits": [8, 10, 12, 14, 16], "dac_bits": [8, 12, 16], "repeats": 2, "test_samples": 200, "hwa_epochs": 3, "copies": 4},
+    quick={"adc_bits": [8, 14], "dac_bits": [14], "repeats": 2, "test_samples": 100, "hwa_epochs": 1, "copies": 1},
+)
 
 
 def parse_args(argv=None):
-    parser = study_parser(NAME, __doc__)
-    add_threads_flag(parser)
+    parser = study_parser(NAME, __doc__, BUDGET)
     add_model_flags(parser, default_bits=[8])
-    add_device_flags(parser, converter_flags=False)
+    add_device_flags(parser, converter_flags=False, mappings_default=MAPPINGS)
+    training = parser.add_argument_group("training")
+    training.add_argument("--training", nargs="+", choices=TRAININGS, default=list(TRAININGS), help="the models compared: float, PTQ and QAT at --bits, hwa: the float model fine-tuned through a simulation of its deployment (default: all four)")
+    training.add_argument("--hwa-epochs", type=int, default=None, help="epochs of the hwa fine-tune " + BUDGET.help("hwa_epochs"))
+    training.add_argument("--hwa-lr", type=float, default=1e-4, help="learning rate of the hwa fine-tune, every parameter (default: %(default)s)")
+    training.add_argument("--hwa-mapping", choices=MAPPINGS, default="incremental", help="the mapping the hwa model trains for (default: %(default)s)")
+    training.add_argument("--hwa-linear-noise", type=float, default=0.03, help="ADD_NORMAL noise on the Linear weights while it trains, relative to their largest (default: %(default)s)")
     sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--adc-bits", nargs="+", type=int, default=None, help=f"ADC bits of the ADC sweep (default: {FULL['adc_bits']}; {QUICK['adc_bits']} with --quick)")
-    sweep.add_argument("--dac-bits", nargs="+", type=int, default=None, help=f"DAC bits of the DAC sweep (default: {FULL['dac_bits']}; {QUICK['dac_bits']} with --quick)")
+    sweep.add_argument("--adc-bits", nargs="+", type=int, default=None, help="ADC bits of the ADC sweep " + BUDGET.help("adc_bits"))
+    sweep.add_argument("--dac-bits", nargs="+", type=int, default=None, help="DAC bits of the DAC sweep " + BUDGET.help("dac_bits"))
     sweep.add_argument("--noise", nargs="+", choices=NOISES, default=list(NOISES), help="noise conditions (default: all three)")
-    sweep.add_argument("--repeats", type=int, default=None, help=f"noise draws per point of the device condition (default: {FULL['repeats']}; {QUICK['repeats']} with --quick)")
-    sweep.add_argument("--test-samples", type=int, default=None, help=f"test samples evaluated (default: {FULL['test_samples']}; {QUICK['test_samples']} with --quick)")
+    sweep.add_argument("--repeats", type=int, default=None, help="noise draws per point of the device condition " + BUDGET.help("repeats"))
     sweep.add_argument("--t-inference", type=float, default=1.0, help="seconds of drift after programming in the device condition (default: %(default)s)")
+    # the co-designed model and kernels that hold on pcm (module docstring); every flag overrides them
+    parser.set_defaults(a_init="lin-quarter", dt_max=0.01, copies=None, y_adc_range=8.0, t_inference=3600.0)
     args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.repeats < 1 or args.test_samples < 1:
-        parser.error("--repeats and --test-samples must be positive")
+    if args.repeats < 1:
+        parser.error("--repeats must be positive")
     return args
+
+
+@dataclass
+class Point:
+    """One model at one converter setting and noise condition: the rows of its noise draws."""
+
+    model: StudyModel
+    mapping: str
+    noise: str
+    adc_bits: int
+    dac_bits: int
+    keys: list[dict]
+
+
+def run_points(models, setup_key, args) -> list[Point]:
+    """Every model x mapping x noise condition x converter setting of the sweep; one draw where there is no noise."""
+    points = []
+    for entry in models:
+        for mapping in args.mapping:
+            for noise in args.noise:
+                repeats = args.repeats if noise == "device" else 1
+                for adc, dac in sweep_points(args.adc_bits, args.dac_bits):
+                    key = {"setup": setup_key, "model": entry.name, "mapping": mapping, "noise": noise, "adc_bits": adc, "dac_bits": dac}
+                    points.append(Point(entry, mapping, noise, adc, dac, [{**key, "repeat": r} for r in range(repeats)]))
+    return points
 
 
 def sweep_points(adc_list: list[int], dac_list: list[int]) -> list[tuple[int, int]]:
@@ -129,46 +176,50 @@ def conversion_bits(adc_bits: int) -> dict:
     return {"state": adc_bits, "act": adc_bits, "mixing": adc_bits}
 
 
-def measure_point(zoo, deployer, devices, noise, adc, dac, repeats, args):
-    """Accuracies of one model at one converter setting and noise condition, one per repeat."""
-    converters_only = noise != "device"
-    rounding = STOCHASTIC_ROUNDING if noise == "stochastic" else {}
-    configs = devices.configs(noise_scale=0.0 if converters_only else 1.0, adc_bits=adc, dac_bits=dac, **rounding)
+def noise_scale(noise: str) -> float:
+    """The device's noise sources x this: none in the converter conditions, all of it in the device condition."""
+    return 1.0 if noise == "device" else 0.0
+
+
+def measure_point(zoo, deployer, devices, point, args) -> tuple[int, list]:
+    """The deployed kernels' crossbar cells, and the accuracy and unstable channels of each repeat (one
+    model at one converter setting and noise condition)."""
+    rounding = STOCHASTIC_ROUNDING if point.noise == "stochastic" else {}
+    configs = devices.configs(noise_scale=noise_scale(point.noise), adc_bits=point.adc_bits, dac_bits=point.dac_bits, **rounding)
     analog = deployer(configs)
-    t_inference = None if converters_only else args.t_inference  # converters only: the tiles keep their targets
-    return analog_accuracies(analog, zoo.batches("test"), repeats, args.seed, t_inference, zoo.device)
+    t_inference = args.t_inference if point.noise == "device" else None  # converters only: the tiles keep their targets
+    cells = sum(kernel.crossbar_cells() for kernel in fused_layers(analog))
+    return cells, analog_accuracies(analog, zoo.batches("test"), len(point.keys), args.seed, t_inference, zoo.device)
 
 
-def run_sweep(zoo, models, devices, table, setup_key, args):
+def run_sweep(zoo, devices, table, points, args):
     calibration = calibration_inputs(zoo).to(zoo.device)
-    points = sweep_points(args.adc_bits, args.dac_bits)
-    todo = []
-    for entry in models:
-        for noise in args.noise:
-            repeats = args.repeats if noise == "device" else 1
-            for adc, dac in points:
-                if not all(table.done(setup=setup_key, model=entry.name, noise=noise, adc_bits=adc, dac_bits=dac, repeat=r) for r in range(repeats)):
-                    todo.append((entry, noise, adc, dac, repeats))
-    digital, deployers = {}, {}
-    for entry, noise, adc, dac, repeats in tqdm(todo, desc=NAME, unit="point"):
+    digital, deployers = {}, {}  # per model, on its first point
+
+    def measure(point):
+        entry = point.model
         if entry.name not in digital:
             digital[entry.name] = zoo.accuracy(entry.model, "test", "conv")
-            deployers[entry.name] = Deployer(entry.model, calibration, devices.state_mapping)
+        if (entry.name, point.mapping) not in deployers:
+            deployers[entry.name, point.mapping] = Deployer(entry.model, calibration, point.mapping, **devices.kernel_options())
         start = time.time()
-        accuracies = measure_point(zoo, deployers[entry.name], devices, noise, adc, dac, repeats, args)
-        seconds = round((time.time() - start) / repeats, 2)
-        for repeat, accuracy in enumerate(accuracies):
-            if table.done(setup=setup_key, model=entry.name, noise=noise, adc_bits=adc, dac_bits=dac, repeat=repeat):
-                continue
-            table.add({
-                "setup": setup_key, "model": entry.name, "method": entry.method, "bits": entry.bits,
-                "noise": noise, "adc_bits": adc, "dac_bits": dac, "repeat": repeat,
-                "accuracy": accuracy, "digital_accuracy": digital[entry.name],
-                "adc_complexity": adc_complexity(zoo.setup.model, conversion_bits(adc)),
+        cells, draws = measure_point(zoo, deployers[entry.name, point.mapping], devices, point, args)
+        seconds = round((time.time() - start) / len(draws), 2)
+        return [
+            {
+                "setup": key["setup"], "model": entry.name, "method": entry.method, "training": entry.method, "bits": entry.bits,
+                "mapping": point.mapping, "noise": point.noise, "adc_bits": point.adc_bits, "dac_bits": point.dac_bits,
+                "repeat": key["repeat"], "accuracy": draw.accuracy, "digital_accuracy": digital[entry.name],
+                "unstable_channels": math.nan if draw.unstable_channels is None else draw.unstable_channels,
+                "adc_complexity": adc_complexity(zoo.setup.model, conversion_bits(point.adc_bits)), "crossbar_cells": cells,
                 "samples": zoo.samples("test"), "device": args.device,
-                "t_inference": args.t_inference if noise == "device" else math.nan,
+                "t_inference": args.t_inference if point.noise == "device" else math.nan,
                 "seconds": seconds,
-            })
+            }
+            for key, draw in zip(point.keys, draws)
+        ]
+
+    table.measure_pending(points, measure, NAME)
 
 
 # -- plots and summary ------------------------------------------------------------------------------
@@ -180,8 +231,8 @@ NOISE_TITLES = {
 
 
 def panel_titles(grid, args):
-    for noise, ax in grid.axes_dict.items():
-        ax.set_title(NOISE_TITLES[noise].format(repeats=args.repeats, t=args.t_inference), fontsize=10)
+    for (mapping, noise), ax in grid.axes_dict.items():
+        ax.set_title(f"{mapping}: " + NOISE_TITLES[noise].format(repeats=args.repeats, t=args.t_inference), fontsize=9)
 
 
 def reference_lines(grid, frame):
@@ -197,8 +248,9 @@ def reference_lines(grid, frame):
 def accuracy_plot(frame, x, args, title, path, xlabel):
     grid = sns.relplot(
         data=frame, x=x, y="accuracy", hue="model", style="model", markers=True, dashes=False,
-        col="noise", col_order=[n for n in NOISES if n in set(frame.noise)], kind="line",
-        errorbar="sd", height=3.2, aspect=1.2,
+        col="noise", col_order=[n for n in NOISES if n in set(frame.noise)], row="mapping",
+        row_order=[m for m in MAPPINGS if m in set(frame.mapping)], kind="line", errorbar="sd", height=3.2, aspect=1.2,
+        facet_kws={"margin_titles": False},
     )
     reference_lines(grid, frame)
     panel_titles(grid, args)
@@ -213,7 +265,7 @@ def accuracy_plot(frame, x, args, title, path, xlabel):
 def plot(frame, args):
     adc_rows = frame[frame.dac_bits == max(args.dac_bits)]
     dac_rows = frame[frame.adc_bits == max(args.adc_bits)]
-    device = f"device {args.device}, kernel ADC range {args.kernel_adc_range:g}, {args.state_mapping} state; float digital dashed, chance dotted"
+    device = f"device {args.device}, kernel ADC range {args.kernel_adc_range:g}; float digital dashed, chance dotted"
     accuracy_plot(adc_rows, "adc_bits", args, f"Accuracy vs ADC bits (DAC {max(args.dac_bits)} bits); {device}", args.out / "accuracy_vs_adc_bits.png", "ADC bits (every crossbar)")
     accuracy_plot(dac_rows, "dac_bits", args, f"Accuracy vs DAC bits (ADC {max(args.adc_bits)} bits); {device}", args.out / "accuracy_vs_dac_bits.png", "DAC bits (every crossbar)")
     complexity = adc_rows.assign(adc_kbit=adc_rows.adc_complexity / 1000)
@@ -223,10 +275,12 @@ def plot(frame, args):
 def summary(frame, args) -> str:
     """Mean ± std accuracy (%) per model and noise condition: the ADC sweep, then the DAC sweep."""
     def table(rows, column):
-        stats = rows.groupby(["noise", "model", column]).accuracy.agg(["mean", "std"]).fillna(0) * 100
+        stats = rows.groupby(["noise", "mapping", "model", column]).accuracy.agg(["mean", "std"]).fillna(0) * 100
         cells = stats.apply(lambda r: f"{r['mean']:.1f}±{r['std']:.1f}", axis=1).unstack(column)
-        digital = rows.groupby(["noise", "model"]).digital_accuracy.first() * 100
+        digital = rows.groupby(["noise", "mapping", "model"]).digital_accuracy.first() * 100
         cells.insert(0, "digital", digital.map(lambda v: f"{v:.1f}"))
+        unstable = rows.groupby(["noise", "mapping", "model"]).unstable_channels.mean()
+        cells["unstable channels"] = unstable.map(lambda v: "" if v != v else f"{v:.1f}")
         return cells.to_string()
 
     adc_rows = frame[frame.dac_bits == max(args.dac_bits)]
@@ -245,33 +299,28 @@ def summary(frame, args) -> str:
     return text
 
 
-def current_rows(frame, setup_key, models, args):
-    """The rows of this run's settings and sweep lists (the table may hold other runs' rows too)."""
-    points = set(sweep_points(args.adc_bits, args.dac_bits))
-    repeats = frame.noise.map(lambda n: args.repeats if n == "device" else 1)
-    return frame[
-        (frame.setup == setup_key)
-        & frame.model.isin([m.name for m in models])
-        & frame.noise.isin(args.noise)
-        & pd.Series([(a, d) in points for a, d in zip(frame.adc_bits, frame.dac_bits)], index=frame.index)
-        & (frame.repeat < repeats)
-    ]
-
-
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    prepare(args)
     try:
-        devices = DeviceSettings.from_args(args, swept=("adc_bits", "dac_bits"))
+        devices = DeviceSettings.from_args(args, swept=("adc_bits", "dac_bits"), noise_scales=[noise_scale(n) for n in args.noise])
     except DeviceError as err:
         sys.exit(f"error: {err}")
-    setup = study_setup(args)
-    zoo = ModelZoo(replace(setup, test_samples=args.test_samples), args.models_dir)
-    models = study_models(zoo, args.bits, args.recipe)
-    setup_key = study_key(zoo, devices=devices.as_dict(), recipe=args.recipe, t_inference=args.t_inference, seed=args.seed)
+    zoo = ModelZoo(study_setup(args), args.models_dir)
+    models = study_models(zoo, args.bits, args.recipe, methods=[t for t in args.training if t != "hwa"])
+    if "hwa" in args.training:
+        base = StudyModel("float", "float", 32, zoo.float_model)
+        hwa = KernelHWA(mapping=args.hwa_mapping, t_inference=args.t_inference, **devices.kernel_options())
+        calibration = calibration_inputs(zoo).to(zoo.device)
+        models.append(kernel_hwa_entry(zoo, base, devices, calibration, hwa, args.hwa_epochs, args.hwa_lr, args.hwa_linear_noise))
+    hwa_settings = {"epochs": args.hwa_epochs, "lr": args.hwa_lr, "mapping": args.hwa_mapping, "linear_noise": args.hwa_linear_noise}
+    setup_key = study_key(
+        zoo, devices=devices.as_dict(), recipe=args.recipe, t_inference=args.t_inference, seed=args.seed, hwa=hwa_settings
+    )
     table = ResultTable(args.out / "results.csv", KEY)
-    run_sweep(zoo, models, devices, table, setup_key, args)
-    frame = current_rows(table.frame(), setup_key, models, args)
+    points = run_points(models, setup_key, args)
+    run_sweep(zoo, devices, table, points, args)
+    frame = table.rows_of(run_keys(points))
     plot(frame, args)
     print(summary(frame, args))
     print(f"wrote {args.out / 'results.csv'} and plots to {args.out}")

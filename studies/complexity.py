@@ -2,13 +2,13 @@
 
 For one bit allocation, the float model and its PTQ and QAT versions (QAT fine-tuned from the float
 model, --qat-epochs, cached): test accuracy in recurrent mode (the state re-quantized every step) and
-the hardware metrics of aimc_ssm.metrics: compute (ACE, bit operations per step), model size, ADC
+the hardware metrics of aimc_ssm.quant.metrics: compute (ACE, bit operations per step), model size, ADC
 complexity and the memory footprint of the deployed tensors. [S25] reports float -> QAT reductions of
 ACE x130, model size x12, ADC complexity x10.8 on Heidelberg Digits (H = 128, N = 64).
 
 The allocation, first that applies:
     --spec PATH       a PrecisionSpec JSON (e.g. studies/heterogeneous.py's final_spec.json)
-    --bits B          the --recipe (aimc_ssm.search.recipe_spec) at B bits, the state included
+    --bits B          the --recipe (aimc_ssm.quant.precision.recipe_spec) at B bits, the state included
     the heterogeneous study's result (--search-result, default results/heterogeneous/final_spec.json)
     uniform 8 bits of the --recipe
 
@@ -16,7 +16,7 @@ The allocation, first that applies:
     python studies/complexity.py             # about 2 minutes on 2 cores (float model cached: 1)
 
 results/complexity/results.csv, one row per model and quantity (a killed run resumes):
-    setup       hash of the models and evaluation subset (aimc_ssm.zoo.ModelZoo.key)
+    setup       hash of the models and evaluation subset (aimc_ssm.study.zoo.ModelZoo.key)
     spec        hash of the allocation's PrecisionSpec; allocation: its bits as text; source: where
                 it came from ("spec <path>", "uniform <B> <recipe>", "search <path>")
     model       "float", "ptq" or "qat"
@@ -30,33 +30,32 @@ the reduction over float on each bar and each model's accuracy under it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import seaborn as sns
-import torch
-from tqdm.auto import tqdm
 
-from aimc_ssm.metrics import report
-from aimc_ssm.precision import PrecisionSpec
-from aimc_ssm.search import METRICS, RECIPES, allocation_key, check_bits_list, recipe_spec
-from aimc_ssm.study import RESULTS, ResultTable, add_threads_flag, save_figure, study_parser, study_setup
-from aimc_ssm.train import config_key
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.io import config_key, save_figure
+from aimc_ssm.quant.metrics import report
+from aimc_ssm.quant.precision import RECIPES, PrecisionSpec, recipe_spec
+from aimc_ssm.quant.search import METRICS, allocation_key, check_bits_list
+from aimc_ssm.study.harness import RESULTS, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "complexity"
 KEY = ["setup", "spec", "model", "quantity"]
 MODELS = ("float", "ptq", "qat")
 HARDWARE = tuple(METRICS.values())  # memory_bits, ace, model_size_bits, adc_complexity
+QUANTITIES = ("accuracy", *HARDWARE)  # the rows of a model, in this order
 DEFAULT_BITS = 8
 
 
 def parse_args(argv=None):
     parser = study_parser(NAME, __doc__)
-    add_threads_flag(parser)
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--spec", type=Path, default=None, help="PrecisionSpec JSON of the allocation")
     choice.add_argument("--bits", type=int, default=None, help="uniform allocation: the --recipe at this many bits")
-    parser.add_argument("--recipe", choices=RECIPES, default="z25", help="recipe of a uniform allocation (default: %(default)s)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25", help="recipe of a uniform allocation (default: %(default)s)")
     parser.add_argument(
         "--search-result", type=Path, default=RESULTS / "heterogeneous" / "final_spec.json",
         help="the heterogeneous study's spec, used when neither --spec nor --bits is given and it exists (default: %(default)s)",
@@ -86,15 +85,36 @@ def read_spec(path: Path) -> PrecisionSpec:
     return PrecisionSpec.from_json(path.read_text())
 
 
-def measure(zoo: ModelZoo, spec: PrecisionSpec, model: str) -> list[dict]:
+@dataclass
+class Point:
+    """One model ("float", "ptq" or "qat") of the allocation: the keys of its accuracy and hardware rows."""
+
+    model: str
+    keys: list[dict]
+
+
+def run_points(setup_key: str, spec_hash: str) -> list[Point]:
+    return [
+        Point(model, [{"setup": setup_key, "spec": spec_hash, "model": model, "quantity": q} for q in QUANTITIES])
+        for model in MODELS
+    ]
+
+
+def measure(zoo: ModelZoo, spec: PrecisionSpec, source: str, point: Point) -> list[dict]:
     """The rows of one model: its accuracy and its four hardware metrics, with reductions over float."""
+    model = point.model
     float_report = report(zoo.setup.model, PrecisionSpec.float(), zoo.float_model)
     hardware = float_report if model == "float" else report(zoo.setup.model, spec, zoo.float_model)
     values, reductions = hardware.as_dict(), float_report.ratio_to(hardware)
     accuracy = zoo.spec_accuracy(spec, model, "test", "recurrent")
-    rows = [{"model": model, "quantity": "accuracy", "value": accuracy, "reduction": math.nan}]
-    rows += [{"model": model, "quantity": q, "value": values[q], "reduction": reductions[q]} for q in HARDWARE]
-    return rows
+    measured = [(accuracy, math.nan)] + [(values[q], reductions[q]) for q in HARDWARE]  # QUANTITIES, as the keys
+    return [
+        {
+            "setup": key["setup"], "spec": key["spec"], "allocation": allocation_key(spec), "source": source,
+            "model": model, "quantity": key["quantity"], "value": value, "reduction": reduction, "samples": zoo.samples("test"),
+        }
+        for key, (value, reduction) in zip(point.keys, measured)
+    ]
 
 
 def plot(frame, source: str, path: Path):
@@ -121,20 +141,14 @@ def plot(frame, source: str, path: Path):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    prepare(args)
     spec, source = allocation(args)
     zoo = ModelZoo(study_setup(args), args.models_dir)
     table = ResultTable(args.out / "results.csv", KEY)
     spec_hash = config_key(spec.to_dict())
-    key = {"setup": zoo.key, "spec": spec_hash}
-    for model in tqdm(MODELS, desc=NAME, unit="model"):
-        if all(table.done(**key, model=model, quantity=q) for q in ("accuracy", *HARDWARE)):
-            continue
-        for row in measure(zoo, spec, model):
-            if not table.done(**key, model=model, quantity=row["quantity"]):
-                table.add({**key, "allocation": allocation_key(spec), "source": source, **row, "samples": zoo.samples("test")})
-    frame = table.frame()
-    frame = frame[(frame.setup == zoo.key) & (frame.spec == spec_hash)]
+    points = run_points(zoo.key, spec_hash)
+    table.measure_pending(points, lambda point: measure(zoo, spec, source, point), NAME)
+    frame = table.rows_of(run_keys(points))
     plot(frame, source, args.out / "complexity.png")
     print(frame.pivot(index="quantity", columns="model", values="value")[list(MODELS)].to_string())
     print(f"wrote {args.out / 'results.csv'} and {args.out / 'complexity.png'}")

@@ -3,7 +3,7 @@
 Starts with every component of the --recipe at 12 bits (the state included) and lowers one component
 at a time, the one whose lowering saves most of --metric, keeping each lowering while the validation
 accuracy (recurrent mode, the state re-quantized every step) stays at or above the float model's
-minus --tolerance (or an absolute --cutoff); see aimc_ssm.search. Candidates are measured by PTQ
+minus --tolerance (or an absolute --cutoff); see aimc_ssm.quant.search. Candidates are measured by PTQ
 (default) or, with --qat, by a QAT fine-tuning each (--qat-epochs, cached per spec). The final spec is
 then measured on the test subset. [Z25] reports on sMNIST 95.99 % at an 84 % smaller memory
 footprint (6.3x); components that the metric does not count (for memory: state and activations)
@@ -17,7 +17,7 @@ stay at 12 bits.
 
 Outputs in --out (default results/heterogeneous/):
     results.csv   the trace, one row per evaluated spec (a killed run replays it and goes on):
-        setup, search   hashes of the models (aimc_ssm.zoo.ModelZoo.key) and of the search options
+        setup, search   hashes of the models (aimc_ssm.study.zoo.ModelZoo.key) and of the search options
         metric, method  the metric lowered and "ptq" or "qat"
         step            0 for the start, then 1, 2, ... in order
         component       the component lowered (empty at the start); bits_from, bits_to its bits
@@ -38,36 +38,33 @@ import json
 
 import matplotlib.pyplot as plt
 import seaborn as sns
-import torch
 
-from aimc_ssm.precision import COMPONENTS
-from aimc_ssm.search import DEFAULT_LADDER, METRICS, RECIPES, bits_key, check_ladder, resolve_cutoff, search_precision
-from aimc_ssm.study import ResultTable, add_threads_flag, atomic_write, save_figure, study_parser, study_setup
-from aimc_ssm.train import config_key
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.io import atomic_write, config_key, save_figure
+from aimc_ssm.quant.precision import COMPONENTS, RECIPES
+from aimc_ssm.quant.search import DEFAULT_LADDER, METRICS, bits_key, check_ladder, resolve_cutoff
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, study_parser, study_setup
+from aimc_ssm.study.zoo import ModelZoo, search_precision
 
 NAME = "heterogeneous"
 KEY = ["search", "step"]
-QUICK_LADDER = (12, 6, 3)
+BUDGET = Budget(full={"ladder": DEFAULT_LADDER}, quick={"ladder": (12, 6, 3)})
 
 
 def parse_args(argv=None):
-    parser = study_parser(NAME, __doc__)
-    add_threads_flag(parser)
+    parser = study_parser(NAME, __doc__, BUDGET)
     parser.add_argument("--metric", choices=tuple(METRICS), default="memory", help="metric the search lowers (default: %(default)s)")
     parser.add_argument("--qat", action="store_true", help="measure every candidate after QAT fine-tuning instead of PTQ")
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--tolerance", type=float, default=None, help="accuracy drop allowed below float (default: 0.01, one point)")
     limit.add_argument("--cutoff", type=float, default=None, help="absolute validation accuracy to keep, instead of --tolerance")
-    ladders = f"{' '.join(map(str, DEFAULT_LADDER))}; {' '.join(map(str, QUICK_LADDER))} with --quick"
-    parser.add_argument("--ladder", nargs="+", type=int, default=None, help=f"bit widths to step through (default: {ladders})")
-    parser.add_argument("--recipe", choices=RECIPES, default="z25", help="quantizer recipe (default: %(default)s)")
+    parser.add_argument("--ladder", nargs="+", type=int, default=None, help="bit widths to step through " + BUDGET.help("ladder"))
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25", help="quantizer recipe (default: %(default)s)")
     parser.add_argument(
         "--components", nargs="+", choices=COMPONENTS, default=None, help="components to search (default: all the recipe quantizes)"
     )
     args = parser.parse_args(argv)
     try:
-        args.ladder = check_ladder(args.ladder or (QUICK_LADDER if args.quick else DEFAULT_LADDER))
+        args.ladder = check_ladder(args.ladder)
     except ValueError as err:
         parser.error(str(err))
     args.method = "qat" if args.qat else "ptq"
@@ -95,8 +92,8 @@ def run_search(zoo: ModelZoo, args, table: ResultTable):
     known = {r["allocation"]: r["accuracy"] for r in table.rows if r["search"] == search}
     cutoff = resolve_cutoff(zoo.spec_accuracy(None, "float", "val", "recurrent"), args.cutoff, args.tolerance)
 
-    def save_step(step):
-        if not table.done(search=search, step=step.step):
+    def save_step(step):  # replayed steps are in the table already
+        if table.pending([{"search": search, "step": step.step}]):
             row = {"setup": zoo.key, "search": search, "metric": args.metric, "method": args.method, **step.as_row()}
             table.add({**row, "cutoff": cutoff, "allocation": bits_key(step.bits)})
 
@@ -161,15 +158,15 @@ def plot_trace(trace, result, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    prepare(args)
     zoo = ModelZoo(study_setup(args), args.models_dir)
     table = ResultTable(args.out / "results.csv", KEY)
     result, search = run_search(zoo, args, table)
     summary = summarize(zoo, result, args, search)
     atomic_write(args.out / "final_spec.json", lambda f: f.write(result.spec.to_json()))
     atomic_write(args.out / "summary.json", lambda f: json.dump(summary, f, indent=2))
-    frame = table.frame()
-    plot_trace(frame[frame.search == search].sort_values("step"), result, args.out / "trace.png")
+    trace = table.rows_of({"search": search, "step": step.step} for step in result.trace)  # in step order, as the search added them
+    plot_trace(trace, result, args.out / "trace.png")
     headline = ("bits", "reductions", "memory_saved_percent", "accuracy", "cutoff", "test_accuracy")
     print(json.dumps({k: summary[k] for k in headline}, indent=2))
     print(f"wrote {args.out}/results.csv, final_spec.json, summary.json and trace.png")

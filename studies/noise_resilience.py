@@ -47,87 +47,95 @@ results/noise_resilience/results.csv, one row per accuracy measured (a killed ru
     train_noise  sigma during training (hwa; 0 elsewhere)
     t_inference  seconds after programming (device, drift; 0 elsewhere)
     repeat       index of the noise draw (seed = 1000 * --seed + repeat)
+    mapping      the fused kernels' mapping (device, drift: --mapping, see aimc_ssm/analog/kernel.py); "none" elsewhere
     accuracy     test accuracy on `samples` test samples (NaN: the hardware-aware training diverged)
+    unstable_channels   kernel channels whose programmed recurrence has a mode with |λ| >= 1 (device,
+                 drift; aimc_ssm.analog.stability), what puts a draw at chance; empty elsewhere
     samples, seconds
 Plots in results/noise_resilience/: accuracy_vs_sigma.png (test only and HWA, one panel per target),
-accuracy_vs_device_noise.png, accuracy_vs_drift.png (mean and standard deviation band per model).
+accuracy_vs_device_noise.png, accuracy_vs_drift.png (mean and standard deviation band per model, one
+panel per mapping).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-import pandas as pd
 import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from aimc_ssm.analog import DRIFT_TIMES, program
-from aimc_ssm.analog_study import (
-    NOISE_TARGETS,
+from aimc_ssm import cache
+from aimc_ssm.analog.deploy import DRIFT_TIMES, program
+from aimc_ssm.analog.devices import DeviceError
+from aimc_ssm.analog.hwa import NOISE_TARGETS, with_weight_noise
+from aimc_ssm.analog.kernel import MAPPINGS
+from aimc_ssm.core.train import DivergenceError, evaluate
+from aimc_ssm.io import save_figure
+from aimc_ssm.quant.quantize import without_state_quantizer
+from aimc_ssm.study.analog import (
     Deployer,
     DeviceSettings,
+    Draw,
+    StudyModel,
     add_device_flags,
     analog_accuracies,
     calibration_inputs,
     seed_for,
     study_key,
     study_models,
-    with_weight_noise,
-    without_state_requantization,
+    unstable_channels_of,
 )
-from aimc_ssm.devices import DeviceError
-from aimc_ssm.study import ResultTable, add_threads_flag, save_figure, study_parser, study_setup
-from aimc_ssm.train import DivergenceError, config_key, evaluate, fit, load_checkpoint
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "noise_resilience"
-KEY = ["setup", "experiment", "model", "target", "noise", "t_inference", "repeat"]
+KEY = ["setup", "experiment", "model", "target", "mapping", "noise", "t_inference", "repeat"]
+DIGITAL = "none"  # the mapping column of the digital experiments (test, hwa)
 EXPERIMENTS = ("test", "hwa", "device", "drift")
-CONVERTER_BITS = 16
-FULL = {
-    "bits": [8, 6], "sigmas": [0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], "hwa_sigmas": [0.2, 1], "targets": list(NOISE_TARGETS),
-    "hwa_targets": list(NOISE_TARGETS), "noise_scales": [0, 0.01, 0.03, 0.1, 0.3, 1], "drift_noise_scales": [0.03, 1],
-    "repeats": 3, "analog_samples": 200,
-}
-QUICK = {
-    "bits": [8], "sigmas": [0, 0.5, 5], "hwa_sigmas": [1], "targets": list(NOISE_TARGETS), "hwa_targets": ["A"],
-    "noise_scales": [0, 0.03, 1], "drift_noise_scales": [0.03], "repeats": 2, "analog_samples": 100,
-}
-HELP_DEFAULTS = {name: f"(default: {FULL[name]}; {QUICK[name]} with --quick)" for name in FULL}
+RECIPE = "z25-state16"  # of the QAT models
+CONVERTER_BITS = 16  # of the device experiments: the curves show the noise, not the converters
+BUDGET = Budget(
+    full={
+        "bits": [8, 6], "sigmas": [0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], "hwa_sigmas": [0.2, 1], "targets": list(NOISE_TARGETS),
+        "hwa_targets": list(NOISE_TARGETS), "noise_scales": [0, 0.01, 0.03, 0.1, 0.3, 1], "drift_noise_scales": [0.03, 1],
+        "repeats": 3, "analog_samples": 200,
+    },
+    quick={
+        "bits": [8], "sigmas": [0, 0.5, 5], "hwa_sigmas": [1], "targets": list(NOISE_TARGETS), "hwa_targets": ["A"],
+        "noise_scales": [0, 0.03, 1], "drift_noise_scales": [0.03], "repeats": 2, "analog_samples": 100,
+    },
+)
 
 
 def parse_args(argv=None):
-    parser = study_parser(NAME, __doc__)
-    add_threads_flag(parser)
+    parser = study_parser(NAME, __doc__, BUDGET)
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS), help="default: all four")
-    parser.add_argument("--bits", nargs="+", type=int, default=None, help="bit widths of the QAT models (z25 recipe) " + HELP_DEFAULTS["bits"])
+    parser.add_argument("--bits", nargs="+", type=int, default=None, help="bit widths of the QAT models (z25 recipe) " + BUDGET.help("bits"))
     gaussian = parser.add_argument_group("relative Gaussian noise (test, hwa)")
-    gaussian.add_argument("--sigmas", nargs="+", type=float, default=None, help="test noise, percent of the weight range " + HELP_DEFAULTS["sigmas"])
-    gaussian.add_argument("--hwa-sigmas", nargs="+", type=float, default=None, help="training and test noise of the hwa experiment, percent " + HELP_DEFAULTS["hwa_sigmas"])
-    gaussian.add_argument("--targets", nargs="+", choices=NOISE_TARGETS, default=None, help="noise targets of the test experiment " + HELP_DEFAULTS["targets"])
-    gaussian.add_argument("--hwa-targets", nargs="+", choices=NOISE_TARGETS, default=None, help="noise targets of the hwa experiment " + HELP_DEFAULTS["hwa_targets"])
-    gaussian.add_argument("--hwa-epochs", type=int, default=None, help="hardware-aware fine-tuning epochs (default: as --qat-epochs: 5; 1 with --quick)")
-    add_device_flags(parser)
+    gaussian.add_argument("--sigmas", nargs="+", type=float, default=None, help="test noise, percent of the weight range " + BUDGET.help("sigmas"))
+    gaussian.add_argument("--hwa-sigmas", nargs="+", type=float, default=None, help="training and test noise of the hwa experiment, percent " + BUDGET.help("hwa_sigmas"))
+    gaussian.add_argument("--targets", nargs="+", choices=NOISE_TARGETS, default=None, help="noise targets of the test experiment " + BUDGET.help("targets"))
+    gaussian.add_argument("--hwa-targets", nargs="+", choices=NOISE_TARGETS, default=None, help="noise targets of the hwa experiment " + BUDGET.help("hwa_targets"))
+    gaussian.add_argument("--hwa-epochs", type=int, default=None, help="hardware-aware fine-tuning epochs (default: as --qat-epochs)")
+    add_device_flags(parser, converter_bits=CONVERTER_BITS, mappings_default=MAPPINGS)
     device = parser.add_argument_group("device noise (device, drift)")
-    device.add_argument("--noise-scales", nargs="+", type=float, default=None, help="device noise scales " + HELP_DEFAULTS["noise_scales"])
-    device.add_argument("--drift-noise-scales", nargs="+", type=float, default=None, help="noise scales of the drift experiment " + HELP_DEFAULTS["drift_noise_scales"])
-    device.add_argument("--analog-samples", type=int, default=None, help="test samples of the device experiments " + HELP_DEFAULTS["analog_samples"])
-    parser.add_argument("--repeats", type=int, default=None, help="noise draws per point " + HELP_DEFAULTS["repeats"])
+    device.add_argument("--noise-scales", nargs="+", type=float, default=None, help="device noise scales " + BUDGET.help("noise_scales"))
+    device.add_argument("--drift-noise-scales", nargs="+", type=float, default=None, help="noise scales of the drift experiment " + BUDGET.help("drift_noise_scales"))
+    device.add_argument("--analog-samples", type=int, default=None, help="test samples of the device experiments " + BUDGET.help("analog_samples"))
+    parser.add_argument("--repeats", type=int, default=None, help="noise draws per point " + BUDGET.help("repeats"))
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
     for name in ("sigmas", "hwa_sigmas", "noise_scales", "drift_noise_scales"):  # floats, as they read back from the CSV
         setattr(args, name, [float(v) for v in getattr(args, name)])
-    args.adc_bits = CONVERTER_BITS if args.adc_bits is None else args.adc_bits
-    args.dac_bits = CONVERTER_BITS if args.dac_bits is None else args.dac_bits
+    if args.hwa_epochs is None:
+        args.hwa_epochs = args.qat_epochs
     if min(args.sigmas + args.hwa_sigmas + args.noise_scales + args.drift_noise_scales) < 0:
         parser.error("noise levels must be >= 0")
-    if args.repeats < 1 or args.analog_samples < 1:
-        parser.error("--repeats and --analog-samples must be positive")
+    if min(args.repeats, args.analog_samples, args.hwa_epochs) < 1:
+        parser.error("--repeats, --analog-samples and --hwa-epochs must be positive")
     return args
 
 
@@ -141,40 +149,42 @@ def repeats_for(noise: float, args) -> int:
     return 1 if noise == 0 else args.repeats
 
 
+@dataclass
+class Point:
+    """One model under one noise setting: the rows of its noise draws (of a drift run: at every read time)."""
+
+    experiment: str
+    model: StudyModel
+    target: str
+    mapping: str  # the kernels' mapping (device, drift), DIGITAL elsewhere
+    noise: float  # sigma as a fraction of the weight range, or the device's noise scale
+    keys: list[dict]
+
+
+def noise_point(setup_key, experiment, entry, target, noise, read_times, args, mapping=DIGITAL) -> Point:
+    key = {"setup": setup_key, "experiment": experiment, "model": entry.name, "target": target, "mapping": mapping, "noise": noise}
+    repeats = range(repeats_for(noise, args))
+    return Point(experiment, entry, target, mapping, noise, [{**key, "t_inference": t, "repeat": r} for r in repeats for t in read_times])
+
+
+def measured_row(point, key, accuracy, samples, seconds, unstable_channels=None, **values) -> dict:
+    return {
+        "setup": key["setup"], "experiment": point.experiment,
+        **row(point.model, target=point.target, noise=point.noise, **values), "mapping": point.mapping,
+        "repeat": key["repeat"], "accuracy": accuracy,
+        "unstable_channels": math.nan if unstable_channels is None else unstable_channels,
+        "samples": samples, "seconds": seconds,
+    }
+
+
 # -- relative Gaussian noise, digital ------------------------------------------------------------------
-def noisy_accuracies(zoo, model, sigma, target, repeats, seed) -> list[float]:
-    """Accuracy with noise drawn at every forward (every batch), one value per seeded pass over the test subset."""
-    noisy = with_weight_noise(without_state_requantization(model), sigma, target).to(zoo.device)
-    accuracies = []
-    for repeat in range(repeats):
-        torch.manual_seed(seed_for(seed, repeat))
-        accuracies.append(evaluate(noisy, zoo.batches("test"), "conv", zoo.device))
-    return accuracies
-
-
-def hwa_model(zoo, entry, sigma, target, epochs, args):
-    """`entry`'s model fine-tuned with noise on (cached in --models-dir), as a model that keeps drawing it."""
-    train_cfg = replace(zoo.setup.finetune, epochs=epochs)
-    source = {"base": entry.name, "recipe": "z25", "sigma": sigma, "target": target}
-    base_training = (zoo.setup.train, zoo.setup.finetune)  # what made the base model, not the test subset
-    run_dir = args.models_dir / f"hwa-{config_key(zoo.setup.model, *base_training, train_cfg, source)}"
-    # the state quantizer plays no part in conv-mode training; without it fit's recurrent test runs fast
-    model = with_weight_noise(without_state_requantization(entry.model), sigma, target)
-    if (run_dir / "metrics.json").exists():
-        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-        return model
-    torch.manual_seed(train_cfg.seed)
-    fit(model, zoo.data, train_cfg, run_dir, {"model": zoo.setup.model.to_dict(), "hwa": source}, progress=True)
-    return model
-
-
-def gaussian_points(models, args):
-    """(experiment, entry, target, sigma) of the test and hwa experiments, sigma as a fraction."""
+def gaussian_points(models, setup_key, args) -> list[Point]:
+    """The points of the test and hwa experiments, sigma as a fraction."""
     points = []
     if "test" in args.experiments:
-        points += [("test", e, t, fraction(s)) for e in models for t in args.targets for s in args.sigmas]
+        points += [noise_point(setup_key, "test", e, t, fraction(s), [0.0], args) for e in models for t in args.targets for s in args.sigmas]
     if "hwa" in args.experiments:
-        points += [("hwa", e, t, fraction(s)) for e in models for t in args.hwa_targets for s in args.hwa_sigmas if s > 0]
+        points += [noise_point(setup_key, "hwa", e, t, fraction(s), [0.0], args) for e in models for t in args.hwa_targets for s in args.hwa_sigmas if s > 0]
     return points
 
 
@@ -183,81 +193,97 @@ def fraction(percent: float) -> float:
     return round(percent / 100, 12)
 
 
-def run_gaussian(zoo, models, table, setup_key, args):
-    todo = [p for p in gaussian_points(models, args) if not all_done(table, setup_key, p[0], p[1], p[2], p[3], 0.0, repeats_for(p[3], args))]
-    epochs = args.hwa_epochs or zoo.setup.finetune.epochs
-    for experiment, entry, target, sigma in tqdm(todo, desc=f"{NAME}: gaussian", unit="point"):
+def noisy_accuracies(zoo, model, sigma, target, repeats, seed) -> list[float]:
+    """Accuracy with noise drawn at every forward (every batch), one value per seeded pass over the test subset."""
+    noisy = with_weight_noise(without_state_quantizer(model), sigma, target).to(zoo.device)
+    accuracies = []
+    for repeat in range(repeats):
+        torch.manual_seed(seed_for(seed, repeat))
+        accuracies.append(evaluate(noisy, zoo.batches("test"), "conv", zoo.device))
+    return accuracies
+
+
+def hwa_model(zoo, entry, sigma, target, args):
+    """`entry`'s model fine-tuned with noise on (cached in --models-dir), as a model that keeps drawing it."""
+    return cache.hwa_model(
+        entry.model, zoo.setup.model, (zoo.setup.train, zoo.setup.finetune), replace(zoo.setup.finetune, epochs=args.hwa_epochs),
+        {"base": entry.name, "recipe": RECIPE}, sigma, target, args.models_dir,
+    )
+
+
+def run_gaussian(zoo, table, points, args):
+    def measure(point):
+        entry, sigma, target, repeats = point.model, point.noise, point.target, len(point.keys)
         start = time.time()
-        repeats = repeats_for(sigma, args)
-        if experiment == "test":
+        if point.experiment == "test":
             accuracies = noisy_accuracies(zoo, entry.model, sigma, target, repeats, args.seed)
         else:
             try:
-                trained = hwa_model(zoo, entry, sigma, target, epochs, args)
+                trained = hwa_model(zoo, entry, sigma, target, args)
                 accuracies = noisy_accuracies(zoo, trained, sigma, target, repeats, args.seed)
             except DivergenceError as err:
                 tqdm.write(f"hardware-aware training of {entry.name} at sigma {sigma:g} on {target} diverged, scored NaN: {err}")
                 accuracies = [math.nan] * repeats
         seconds = round((time.time() - start) / repeats, 2)
-        for repeat, accuracy in enumerate(accuracies):
-            if not table.done(setup=setup_key, experiment=experiment, model=entry.name, target=target, noise=sigma, t_inference=0.0, repeat=repeat):
-                table.add({"setup": setup_key, "experiment": experiment, **row(entry, target=target, noise=sigma, train_noise=sigma if experiment == "hwa" else 0.0),
-                           "repeat": repeat, "accuracy": accuracy, "samples": zoo.samples("test"), "seconds": seconds})
+        train_noise = sigma if point.experiment == "hwa" else 0.0
+        return [measured_row(point, key, a, zoo.samples("test"), seconds, train_noise=train_noise) for key, a in zip(point.keys, accuracies)]
+
+    table.measure_pending(points, measure, f"{NAME}: gaussian")
 
 
 # -- device noise on crossbars ---------------------------------------------------------------------------
-def drift_accuracies(analog, batches, repeats, seed, device) -> list[list[float]]:
+def device_points(models, setup_key, args) -> list[Point]:
+    """The points of the device experiment (read at 1 s) and of the drift experiment (read at every drift time)."""
+    points = []
+    if "device" in args.experiments:
+        points += [
+            noise_point(setup_key, "device", e, "crossbars", s, [DRIFT_TIMES["1s"]], args, m)
+            for e in models for m in args.mapping for s in args.noise_scales
+        ]
+    if "drift" in args.experiments:
+        points += [
+            noise_point(setup_key, "drift", e, "crossbars", s, list(DRIFT_TIMES.values()), args, m)
+            for e in models for m in args.mapping for s in args.drift_noise_scales
+        ]
+    return points
+
+
+def drift_draws(analog, batches, repeats, seed, device) -> list[list[Draw]]:
     """Per repeat, one chip: programmed once, then read at every time of DRIFT_TIMES (in order)."""
     runs = []
     for repeat in range(repeats):
         torch.manual_seed(seed_for(seed, repeat))
-        accuracies = []
+        draws = []
         for i, t in enumerate(DRIFT_TIMES.values()):
             program(analog, t, reprogram=i == 0)
-            accuracies.append(evaluate(analog, batches, "recurrent", device))
-        runs.append(accuracies)
+            draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog)))
+        runs.append(draws)
     return runs
 
 
-def run_device(zoo, models, devices, table, setup_key, args):
+def run_device(zoo, devices, table, points, args):
     calibration = calibration_inputs(zoo).to(zoo.device)
     batches = zoo.batches("test")
-    first_time = DRIFT_TIMES["1s"]
-    points = []
-    if "device" in args.experiments:
-        points += [("device", e, s) for e in models for s in args.noise_scales]
-    if "drift" in args.experiments:
-        points += [("drift", e, s) for e in models for s in args.drift_noise_scales]
-    times = list(DRIFT_TIMES.values())
-    deployers = {}
-    todo = [
-        (experiment, entry, scale) for experiment, entry, scale in points
-        if not all(all_done(table, setup_key, experiment, entry, "crossbars", scale, t, repeats_for(scale, args)) for t in (times if experiment == "drift" else [first_time]))
-    ]
-    for experiment, entry, scale in tqdm(todo, desc=f"{NAME}: device", unit="point"):
+    deployers = {}  # one calibration per model, not per point
+
+    def measure(point):
+        entry, repeats = point.model, repeats_for(point.noise, args)
         start = time.time()
-        repeats = repeats_for(scale, args)
-        if entry.name not in deployers:  # one calibration per model, not per point
-            deployers[entry.name] = Deployer(entry.model, calibration, devices.state_mapping)
-        analog = deployers[entry.name](devices.configs(noise_scale=scale))
-        if experiment == "device":
-            runs = [[a] for a in analog_accuracies(analog, batches, repeats, args.seed, first_time, zoo.device)]
-            read_times = [first_time]
+        if (entry.name, point.mapping) not in deployers:
+            deployers[entry.name, point.mapping] = Deployer(entry.model, calibration, point.mapping, **devices.kernel_options())
+        analog = deployers[entry.name, point.mapping](devices.configs(noise_scale=point.noise))
+        if point.experiment == "device":
+            runs = [[d] for d in analog_accuracies(analog, batches, repeats, args.seed, DRIFT_TIMES["1s"], zoo.device)]
         else:
-            runs, read_times = drift_accuracies(analog, batches, repeats, args.seed, zoo.device), times
-        seconds = round((time.time() - start) / (repeats * len(read_times)), 2)
-        for repeat, accuracies in enumerate(runs):
-            for t, accuracy in zip(read_times, accuracies):
-                if not table.done(setup=setup_key, experiment=experiment, model=entry.name, target="crossbars", noise=scale, t_inference=t, repeat=repeat):
-                    table.add({"setup": setup_key, "experiment": experiment, **row(entry, target="crossbars", noise=scale, t_inference=t),
-                               "repeat": repeat, "accuracy": accuracy, "samples": zoo.samples("test"), "seconds": seconds})
+            runs = drift_draws(analog, batches, repeats, args.seed, zoo.device)
+        seconds = round((time.time() - start) / len(point.keys), 2)
+        draws = itertools.chain.from_iterable(runs)  # repeat by repeat, each at its read times: the order of the keys
+        return [
+            measured_row(point, key, d.accuracy, zoo.samples("test"), seconds, d.unstable_channels, t_inference=key["t_inference"])
+            for key, d in zip(point.keys, draws)
+        ]
 
-
-def all_done(table, setup_key, experiment, entry, target, noise, t_inference, repeats) -> bool:
-    return all(
-        table.done(setup=setup_key, experiment=experiment, model=entry.name, target=target, noise=noise, t_inference=t_inference, repeat=r)
-        for r in range(repeats)
-    )
+    table.measure_pending(points, measure, f"{NAME}: device")
 
 
 # -- plots and summary ---------------------------------------------------------------------------------
@@ -293,10 +319,15 @@ def plot_device(frame, args):
     rows = frame[frame.experiment == "device"]
     if rows.empty:
         return
-    grid = sns.relplot(data=rows, x="noise", y="accuracy", hue="model", style="model", markers=True, dashes=False, kind="line", errorbar="sd", height=3.3, aspect=1.4)
-    level_axis(grid.ax, rows.noise)
+    grid = sns.relplot(
+        data=rows, x="noise", y="accuracy", hue="model", style="model", markers=True, dashes=False, col="mapping",
+        col_order=[m for m in MAPPINGS if m in set(rows.mapping)], kind="line", errorbar="sd", height=3.3, aspect=1.2,
+    )
+    for mapping, ax in grid.axes_dict.items():
+        level_axis(ax, rows.noise)
+        ax.set_title(f"{mapping} mapping", fontsize=10)
     grid.set_axis_labels(f"noise scale of {args.device} (0: converters only, 1: as described; symlog)", "test accuracy")
-    grid.ax.set_title(f"{args.device}: programming, read, drift and output noise x scale; 1 s", fontsize=10)
+    grid.figure.suptitle(f"{args.device}: programming, read, drift and output noise x scale; 1 s", y=1.04)
     save_figure(grid.figure, args.out / "accuracy_vs_device_noise.png")
 
 
@@ -305,14 +336,19 @@ def plot_drift(frame, args):
     if rows.empty:
         return
     rows = rows.assign(noise_scale=rows.noise.map(lambda s: f"noise x {s:g}"))
-    grid = sns.relplot(data=rows, x="t_inference", y="accuracy", hue="model", style="noise_scale", markers=True, kind="line", errorbar="sd", height=3.3, aspect=1.4)
-    grid.ax.set_xscale("log")
-    grid.ax.set_xticks(list(DRIFT_TIMES.values()), list(DRIFT_TIMES))
-    grid.ax.minorticks_off()
-    grid.ax.set_ylim(0, 1)
-    grid.ax.axhline(0.1, color="lightgray", linestyle=":", linewidth=1)
+    grid = sns.relplot(
+        data=rows, x="t_inference", y="accuracy", hue="model", style="noise_scale", markers=True, col="mapping",
+        col_order=[m for m in MAPPINGS if m in set(rows.mapping)], kind="line", errorbar="sd", height=3.3, aspect=1.2,
+    )
+    for mapping, ax in grid.axes_dict.items():
+        ax.set_xscale("log")
+        ax.set_xticks(list(DRIFT_TIMES.values()), list(DRIFT_TIMES))
+        ax.minorticks_off()
+        ax.set_ylim(0, 1)
+        ax.axhline(0.1, color="lightgray", linestyle=":", linewidth=1)
+        ax.set_title(f"{mapping} mapping", fontsize=10)
     grid.set_axis_labels("time after programming", "test accuracy")
-    grid.ax.set_title(f"{args.device}: one programming, read over time (drift compensated)", fontsize=10)
+    grid.figure.suptitle(f"{args.device}: one programming, read over time (kernels' drift compensation: {args.kernel_drift_compensation})", y=1.04)
     save_figure(grid.figure, args.out / "accuracy_vs_drift.png")
 
 
@@ -320,50 +356,35 @@ def summary(frame) -> str:
     """Mean accuracy (%) per experiment, model and noise level."""
     if frame.empty:
         return "no rows"
-    stats = frame.groupby(["experiment", "target", "model", "noise", "t_inference"]).accuracy.mean().mul(100).round(1)
+    stats = frame.groupby(["experiment", "target", "mapping", "model", "noise", "t_inference"]).accuracy.mean().mul(100).round(1)
     tables = []
     for (experiment, target), rows in stats.groupby(level=["experiment", "target"]):
         column = "t_inference" if experiment == "drift" else "noise"
-        index = "model" if experiment != "drift" else ["model", "noise"]
+        index = ["mapping", "model"] if experiment != "drift" else ["mapping", "model", "noise"]
         pivot = rows.reset_index().pivot_table(index=index, columns=column, values="accuracy")
         unit = {"test": "sigma (fraction of range)", "hwa": "sigma (train = test)", "device": "noise scale", "drift": "seconds after programming"}[experiment]
         tables.append(f"\n{experiment} ({target}), accuracy % vs {unit}:\n{pivot.to_string()}")
     return "\n".join(tables)
 
 
-def current_rows(frame, setup_key, models, args):
-    """The rows of this run's settings and lists (the table may hold other runs' rows too)."""
-    levels = {
-        "test": {fraction(s) for s in args.sigmas}, "hwa": {fraction(s) for s in args.hwa_sigmas},
-        "device": set(args.noise_scales), "drift": set(args.drift_noise_scales),
-    }
-    targets = {"test": set(args.targets), "hwa": set(args.hwa_targets), "device": {"crossbars"}, "drift": {"crossbars"}}
-    wanted = [
-        experiment in args.experiments and noise in levels[experiment] and target in targets[experiment] and repeat < repeats_for(noise, args)
-        for experiment, noise, target, repeat in zip(frame.experiment, frame.noise, frame.target, frame.repeat)
-    ]
-    return frame[(frame.setup == setup_key) & frame.model.isin([m.name for m in models]) & pd.Series(wanted, index=frame.index, dtype=bool)]
-
-
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    prepare(args)
+    scales = (args.noise_scales if "device" in args.experiments else []) + (args.drift_noise_scales if "drift" in args.experiments else [])
     try:
-        devices = DeviceSettings.from_args(args)
-        if any(e in args.experiments for e in ("device", "drift")):
-            devices.configs(noise_scale=0.5)  # a device whose noise cannot be scaled fails here, before training
+        devices = DeviceSettings.from_args(args, noise_scales=scales)
     except DeviceError as err:
         sys.exit(f"error: {err}")
     setup = study_setup(args)
     zoo = ModelZoo(setup, args.models_dir)
     analog_zoo = ModelZoo(replace(setup, test_samples=min(args.analog_samples, setup.test_samples or args.analog_samples)), args.models_dir)
-    models = study_models(zoo, args.bits, "z25", methods=("float", "qat"))
-    hwa_epochs = args.hwa_epochs or setup.finetune.epochs
-    setup_key = study_key(zoo, analog=analog_zoo.key, devices=devices.as_dict(), hwa_epochs=hwa_epochs, seed=args.seed)
+    models = study_models(zoo, args.bits, RECIPE, methods=("float", "qat"))
+    setup_key = study_key(zoo, analog=analog_zoo.key, devices=devices.as_dict(), hwa_epochs=args.hwa_epochs, seed=args.seed)
     table = ResultTable(args.out / "results.csv", KEY)
-    run_gaussian(zoo, models, table, setup_key, args)
-    run_device(analog_zoo, models, devices, table, setup_key, args)
-    frame = current_rows(table.frame(), setup_key, models, args)
+    gaussian, device = gaussian_points(models, setup_key, args), device_points(models, setup_key, args)
+    run_gaussian(zoo, table, gaussian, args)
+    run_device(analog_zoo, devices, table, device, args)
+    frame = table.rows_of(run_keys(gaussian + device))
     plot_sigma(frame, args.out)
     plot_device(frame, args)
     plot_drift(frame, args)

@@ -1,6 +1,6 @@
 """Greedy pruning ([S25]) of float and QAT S4D models, and what it saves on the fused crossbars.
 
-For every model (float; z25 QAT at --bits), kind and scope, greedy pruning (aimc_ssm.pruning) walks
+For every model (float; z25-state16 QAT at --bits), kind and scope, greedy pruning (aimc_ssm.quant.pruning) walks
 the candidates smallest magnitude first and keeps an element zeroed while the validation accuracy
 stays within --tolerance (1 point) of the unpruned model's:
 
@@ -15,15 +15,15 @@ stays within --tolerance (1 point) of the unpruned model's:
 Masks act on the deployed parameters, after the QAT model's quantizers, so they persist through
 quantization and onto the crossbars. Accepting groups of candidates (doubling after an accepted group,
 bisecting a rejected one) is the batched variant of one-at-a-time greedy described in
-aimc_ssm.pruning; an evaluation stops as soon as its verdict is certain.
+aimc_ssm.quant.pruning; an evaluation stops as soon as its verdict is certain.
 After pruning: the fused crossbars without dead modes (a mode is dead when its deployed C_n or B̄_n is
 zero): inputs 2 + 2·live, outputs 1 + 2·live per channel; and the ADC complexity of the outputs still
-converted, at the model's bits (float: 32), as aimc_ssm.pruning.pruned_adc_complexity counts them.
+converted, at the model's bits (float: 32), as aimc_ssm.quant.pruning.pruned_adc_complexity counts them.
 [S25] (sCIFAR, whole model): structured about 21 % at 7-bit QAT vs 10 % float, unstructured 27 % vs
 22 %, linear 47 % vs 55 %.
 
 Accuracies are in convolution mode, which computes the deployed recurrence exactly when the state is
-not re-quantized (the crossbar's converters quantize it instead, see aimc_ssm.analog_study). The
+not re-quantized (the crossbar's converters quantize it instead, see aimc_ssm.study.analog). The
 analog check then deploys the unpruned and every pruned model on the --device's crossbars
 (aimc_ssm.analog.to_analog: the zeros are on the fused kernels and the analog Linears) with the
 converters at 16 bits unless --adc-bits / --dac-bits say otherwise, and every noise source of the
@@ -37,7 +37,7 @@ device x --noise-scale (default 0: converters only; else programmed once, read a
 Defaults: the [Z25] model on smnist, float and QAT at 8 bits; all three kinds; the whole validation
 split decides, the whole test split reports. --quick: 3-epoch models, 100 samples, the 48 smallest
 candidates of each run. The masks are saved as results/pruning/masks/<hash>/<model>-<kind>-<scope>.pt
-({"masks", "candidates", "pruned", "evaluations"}; aimc_ssm.pruning.load_masks puts them on a model),
+({"masks", "candidates", "pruned", "evaluations"}; aimc_ssm.quant.pruning.load_masks puts them on a model),
 the hash naming the models, subsets, tolerance and candidate limit: a run with other device settings
 reuses them instead of pruning again.
 
@@ -62,25 +62,17 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from dataclasses import dataclass
 
-import pandas as pd
 import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from aimc_ssm.analog import DRIFT_TIMES
-from aimc_ssm.analog_study import (
-    Deployer,
-    DeviceSettings,
-    add_device_flags,
-    analog_accuracies,
-    calibration_inputs,
-    study_key,
-    study_models,
-    without_state_requantization,
-)
-from aimc_ssm.devices import DeviceError
-from aimc_ssm.pruning import (
+from aimc_ssm.analog.deploy import DRIFT_TIMES
+from aimc_ssm.analog.devices import DeviceError
+from aimc_ssm.core.train import evaluate
+from aimc_ssm.io import atomic_write, save_figure
+from aimc_ssm.quant.pruning import (
     KINDS,
     accuracy_at_least,
     attach_masks,
@@ -91,44 +83,62 @@ from aimc_ssm.pruning import (
     prune,
     pruned_adc_complexity,
 )
-from aimc_ssm.study import ResultTable, add_threads_flag, atomic_write, save_figure, study_parser, study_setup
-from aimc_ssm.train import evaluate
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.quant.quantize import without_state_quantizer
+from aimc_ssm.study.analog import (
+    Deployer,
+    DeviceSettings,
+    StudyModel,
+    add_device_flags,
+    analog_accuracies,
+    calibration_inputs,
+    one_setting,
+    study_key,
+    study_models,
+)
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "pruning"
 KEY = ["setup", "model", "kind", "scope"]
-QUICK_CANDIDATES = 48
+BUDGET = Budget(full={"max_candidates": None}, quick={"max_candidates": 48})
 CONVERTER_BITS = 16  # of the analog check, unless --adc-bits / --dac-bits say otherwise
 
 
 def parse_args(argv=None):
-    parser = study_parser(NAME, __doc__)
-    add_threads_flag(parser)
-    add_device_flags(parser)
+    parser = study_parser(NAME, __doc__, BUDGET)
+    add_device_flags(parser, converter_bits=CONVERTER_BITS)
     parser.add_argument("--noise-scale", type=float, default=0.0, help="the device's noise sources x this in the analog check (default: %(default)s, converters only)")
-    parser.add_argument("--bits", nargs="+", type=int, default=[8], help="bit widths of the QAT models (z25 recipe; default: %(default)s)")
+    parser.add_argument("--bits", nargs="+", type=int, default=[8], help="bit widths of the QAT models (z25-state16 recipe; default: %(default)s)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="default: all three")
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the pruned model may lose on the validation subset (default: %(default)s)")
-    parser.add_argument("--max-candidates", type=int, default=None, help=f"try only the smallest candidates of each run (default: all; {QUICK_CANDIDATES} with --quick)")
+    parser.add_argument("--max-candidates", type=int, default=None, help="try only the smallest candidates of each run " + BUDGET.help("max_candidates"))
     args = parser.parse_args(argv)
-    if args.quick and args.max_candidates is None:
-        args.max_candidates = QUICK_CANDIDATES
     if args.tolerance < 0 or args.noise_scale < 0:
         parser.error("--tolerance and --noise-scale must be >= 0")
-    args.adc_bits = CONVERTER_BITS if args.adc_bits is None else args.adc_bits
-    args.dac_bits = CONVERTER_BITS if args.dac_bits is None else args.dac_bits
     return args
 
 
-def runs(models, kinds):
-    """(model entry, kind, scope, layers) of every pruning run: the whole model, then each layer if several."""
+@dataclass
+class Point:
+    """One greedy pruning run: a model, what it prunes and where (layers None: the whole model), and its row's key."""
+
+    model: StudyModel
+    kind: str
+    scope: str
+    layers: list[str] | None
+    keys: list[dict]
+
+
+def run_points(models, kinds, setup_key) -> list[Point]:
+    """Every pruning run: per model and kind the whole model, then each layer alone if there are several."""
+    points = []
     for entry in models:
         for kind in kinds:
             names = layer_names(entry.model, kind)
-            yield entry, kind, "model", None
-            if len(names) > 1:
-                for name in names:
-                    yield entry, kind, name, [name]
+            scopes = [("model", None)] + ([(name, [name]) for name in names] if len(names) > 1 else [])
+            for scope, layers in scopes:
+                points.append(Point(entry, kind, scope, layers, [{"setup": setup_key, "model": entry.name, "kind": kind, "scope": scope}]))
+    return points
 
 
 def savings(model, suffix="") -> dict:
@@ -142,7 +152,7 @@ def prune_run(zoo, entry, kind, layers, mask_path, unpruned, args):
 
     unpruned: the unpruned model's values by model name, filled on a model's first run (all its runs
     start from the same model). Returns the row's pruning and digital values, and the pruned model."""
-    model = attach_masks(copy.deepcopy(without_state_requantization(entry.model))).to(zoo.device)
+    model = attach_masks(copy.deepcopy(without_state_quantizer(entry.model))).to(zoo.device)
     val, test = zoo.batches("val"), zoo.batches("test")
     if entry.name not in unpruned:
         unpruned[entry.name] = {
@@ -172,28 +182,33 @@ def prune_run(zoo, entry, kind, layers, mask_path, unpruned, args):
 
 def analog_accuracy(zoo, model, devices, calibration, args) -> float:
     """Test accuracy of `model` on the device's crossbars, every noise source x --noise-scale (programmed once)."""
-    analog = Deployer(model, calibration, devices.state_mapping)(devices.configs(noise_scale=args.noise_scale))
+    deployer = Deployer(model, calibration, one_setting("mapping", args.mapping), **devices.kernel_options())
+    analog = deployer(devices.configs(noise_scale=args.noise_scale))
     t_inference = DRIFT_TIMES["1s"] if args.noise_scale > 0 else None  # no noise: the tiles keep their targets
-    return analog_accuracies(analog, zoo.batches("test"), 1, args.seed, t_inference, zoo.device)[0]
+    return analog_accuracies(analog, zoo.batches("test"), 1, args.seed, t_inference, zoo.device)[0].accuracy
 
 
-def run_all(zoo, models, devices, table, setup_key, mask_dir, args):
-    todo = [r for r in runs(models, args.kinds) if not table.done(setup=setup_key, model=r[0].name, kind=r[1], scope=r[2])]
+def run_all(zoo, devices, table, points, mask_dir, args):
     calibration = calibration_inputs(zoo).to(zoo.device)
-    unpruned, unpruned_analog = {}, {}
-    for entry, kind, scope, layers in tqdm(todo, desc=NAME, unit="run"):
+    unpruned, unpruned_analog = {}, {}  # per model, on its first run
+
+    def measure(run):
+        entry, kind, scope = run.model, run.kind, run.scope
         start = time.time()
         if entry.name not in unpruned_analog:
             unpruned_analog[entry.name] = analog_accuracy(zoo, entry.model, devices, calibration, args)
-        values, pruned_model = prune_run(zoo, entry, kind, layers, mask_dir / f"{entry.name}-{kind}-{scope}.pt", unpruned, args)
-        table.add({
-            "setup": setup_key, "model": entry.name, "method": entry.method, "bits": entry.bits,
+        values, pruned_model = prune_run(zoo, entry, kind, run.layers, mask_dir / f"{entry.name}-{kind}-{scope}.pt", unpruned, args)
+        row = {
+            "setup": run.keys[0]["setup"], "model": entry.name, "method": entry.method, "bits": entry.bits,
             "kind": kind, "scope": scope, **values,
             "analog_accuracy_unpruned": unpruned_analog[entry.name],
             "analog_accuracy": analog_accuracy(zoo, pruned_model, devices, calibration, args),
             "tolerance": args.tolerance, "samples": zoo.samples("val"), "seconds": round(time.time() - start, 2),
-        })
+        }
         tqdm.write(f"{entry.name} {kind} {scope}: pruned {values['pruned']}/{values['candidates']} in {values['evaluations']} evaluations")
+        return [row]
+
+    table.measure_pending(points, measure, NAME)
 
 
 # -- plots and summary ---------------------------------------------------------------------------------
@@ -241,22 +256,19 @@ def summary(frame) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    prepare(args)
     try:
-        devices = DeviceSettings.from_args(args)
-        devices.configs(noise_scale=args.noise_scale)  # a device whose noise cannot be scaled fails here, before training
+        devices = DeviceSettings.from_args(args, noise_scales=[args.noise_scale])
     except DeviceError as err:
         sys.exit(f"error: {err}")
     zoo = ModelZoo(study_setup(args), args.models_dir)
-    models = study_models(zoo, args.bits, "z25", methods=("float", "qat"))
+    models = study_models(zoo, args.bits, "z25-state16", methods=("float", "qat"))
     pruning_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)
     setup_key = study_key(zoo, pruning=pruning_key, devices=devices.as_dict(), noise_scale=args.noise_scale, seed=args.seed)
     table = ResultTable(args.out / "results.csv", KEY)
-    run_all(zoo, models, devices, table, setup_key, args.out / "masks" / pruning_key, args)
-    frame = table.frame()
-    wanted = {(e.name, kind, scope) for e, kind, scope, _ in runs(models, args.kinds)}
-    current = pd.Series([(m, k, s) in wanted for m, k, s in zip(frame.model, frame.kind, frame.scope)], index=frame.index, dtype=bool)
-    frame = frame[(frame.setup == setup_key) & current]
+    points = run_points(models, args.kinds, setup_key)
+    run_all(zoo, devices, table, points, args.out / "masks" / pruning_key, args)
+    frame = table.rows_of(run_keys(points))
     plot(frame, args)
     print(summary(frame))
     print(f"wrote {args.out / 'results.csv'}, masks and plots to {args.out}")

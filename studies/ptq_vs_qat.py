@@ -2,11 +2,11 @@
 [Z25]'s headline: uniform 8-bit PTQ vs QAT.
 
 Sweep: for every component (A, B, C, D, dt, state, act, mixing, coder, and "all") and bit width, the
-spec with that component alone quantized by the --recipe quantizer (aimc_ssm.search.component_spec;
+spec with that component alone quantized by the --recipe quantizer (aimc_ssm.quant.search.component_spec;
 "all": the whole recipe, the state included). Each is measured after PTQ of the float model and
 after QAT (fine-tuned from it, --qat-epochs, cached per spec), on the test subset in recurrent mode:
 the deployed recurrence, the state re-quantized every step.
-Headline: PrecisionSpec.z25(8) (8 bits, state 16 bits) PTQ vs QAT in conv and in recurrent mode.
+Headline: the z25-state16 recipe at 8 bits (state 16 bits) PTQ vs QAT in conv and in recurrent mode.
 [Z25] reports on sMNIST, recurrent mode: PTQ about 40 %, QAT about 96 %, float about 97 %.
 
     python studies/ptq_vs_qat.py --quick      # A and state at 4 and 8 bits; about a minute on 2 cores
@@ -16,12 +16,12 @@ Headline: PrecisionSpec.z25(8) (8 bits, state 16 bits) PTQ vs QAT in conv and in
 Time goes mostly to QAT: one fine-tuning per point (5 epochs of the [Z25] model, about 25 s on 2
 quiet cores; each bit width added to the full sweep adds about 5 minutes). The quantized recurrence
 of "state" and "all" points comes next; other points run their recurrent mode as the equal
-convolution (aimc_ssm.zoo). Models are cached in --models-dir, so the other studies reuse them.
+convolution (aimc_ssm.study.zoo). Models are cached in --models-dir, so the other studies reuse them.
 
 results/ptq_vs_qat/results.csv, one row per accuracy measured (a killed run resumes):
-    setup       hash of the models and evaluation subset (aimc_ssm.zoo.ModelZoo.key)
+    setup       hash of the models and evaluation subset (aimc_ssm.study.zoo.ModelZoo.key)
     experiment  "float", "sweep" or "headline"
-    recipe      quantizer recipe ("z25", "s25"; "z25(8)" for the headline; "float")
+    recipe      quantizer recipe (aimc_ssm.quant.precision.RECIPES; "z25-state16" for the headline; "float")
     component   the quantized component (A ... coder, "all"); "none" for the float model
     bits        its bits (32 for float)
     method      "float", "ptq" or "qat"
@@ -36,41 +36,46 @@ headline.png (float, PTQ and QAT accuracy at 8 bits in conv and recurrent mode).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import seaborn as sns
-import torch
-from tqdm.auto import tqdm
 
-from aimc_ssm.precision import FLOAT_BITS, PrecisionSpec
-from aimc_ssm.search import RECIPES, SWEEP_COMPONENTS, check_bits_list, sensitivity_points
-from aimc_ssm.study import ResultTable, add_threads_flag, save_figure, study_parser, study_setup
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.io import save_figure
+from aimc_ssm.quant.precision import FLOAT_BITS, RECIPES, PrecisionSpec, recipe_spec
+from aimc_ssm.quant.search import SWEEP_COMPONENTS, check_bits_list, sensitivity_points
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "ptq_vs_qat"
 KEY = ["setup", "experiment", "recipe", "component", "bits", "method", "mode"]
-FULL_COMPONENTS, FULL_BITS = SWEEP_COMPONENTS, (2, 4, 8)
-QUICK_COMPONENTS, QUICK_BITS = ("A", "state"), (4, 8)
-HEADLINE_BITS, HEADLINE_STATE_BITS = 8, 16
+BUDGET = Budget(full={"components": SWEEP_COMPONENTS, "bits": (2, 4, 8)}, quick={"components": ("A", "state"), "bits": (4, 8)})
+HEADLINE_RECIPE, HEADLINE_BITS = "z25-state16", 8  # [Z25]: 8 bits, the state at 16
 
 
 def parse_args(argv=None):
-    parser = study_parser(NAME, __doc__)
-    add_threads_flag(parser)
-    parser.add_argument("--components", nargs="+", choices=SWEEP_COMPONENTS, default=None, help="default: all ten (A state with --quick)")
-    parser.add_argument("--bits", nargs="+", type=int, default=None, help=f"bit widths (default: {FULL_BITS}; {QUICK_BITS} with --quick)")
-    parser.add_argument("--recipe", choices=RECIPES, default="z25", help="quantizer recipe of the sweep (default: %(default)s)")
+    parser = study_parser(NAME, __doc__, BUDGET)
+    parser.add_argument("--components", nargs="+", choices=SWEEP_COMPONENTS, default=None, help=BUDGET.help("components"))
+    parser.add_argument("--bits", nargs="+", type=int, default=None, help="bit widths " + BUDGET.help("bits"))
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25", help="quantizer recipe of the sweep (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", choices=("ptq", "qat"), default=["ptq", "qat"])
     args = parser.parse_args(argv)
-    args.components = args.components or (QUICK_COMPONENTS if args.quick else FULL_COMPONENTS)
     try:
-        args.bits = check_bits_list(args.bits or (QUICK_BITS if args.quick else FULL_BITS))
+        args.bits = check_bits_list(args.bits)
     except ValueError as err:
         parser.error(str(err))
     return args
 
 
-def measurements(args):
-    """(key, spec) of every row: float in both modes, the sweep, then the headline."""
+@dataclass
+class Point:
+    """One accuracy: the spec of its model (None: float), and its row's key, which names the method and mode."""
+
+    spec: PrecisionSpec | None
+    keys: list[dict]
+
+
+def run_points(setup_key, args) -> list[Point]:
+    """Every row: float in both modes, the sweep, then the headline."""
     float_rows = [
         (dict(experiment="float", recipe="float", component="none", bits=FLOAT_BITS, method="float", mode=m), None)
         for m in ("recurrent", "conv")
@@ -80,26 +85,26 @@ def measurements(args):
         for c, b, spec in sensitivity_points(args.components, args.bits, args.recipe)
         for method in args.methods
     ]
-    z25 = PrecisionSpec.z25(HEADLINE_BITS, HEADLINE_STATE_BITS)
     headline = [
-        (dict(experiment="headline", recipe=f"z25({HEADLINE_BITS})", component="all", bits=HEADLINE_BITS, method=method, mode=mode), z25)
+        (dict(experiment="headline", recipe=HEADLINE_RECIPE, component="all", bits=HEADLINE_BITS, method=method, mode=mode), recipe_spec(HEADLINE_RECIPE, HEADLINE_BITS))
         for method in args.methods
         for mode in ("recurrent", "conv")
     ]
-    return float_rows + sweep + headline
+    return [Point(spec, [{"setup": setup_key, **key}]) for key, spec in float_rows + sweep + headline]
 
 
-def measure(zoo: ModelZoo, key: dict, spec) -> dict:
-    """One row: the accuracy of `key`'s model and mode, and how it was computed."""
+def measure(zoo: ModelZoo, point: Point) -> list[dict]:
+    """The row of `point`: the accuracy of its key's model and mode, and how it was computed."""
+    key, spec = point.keys[0], point.spec
     start = time.time()
     accuracy = zoo.spec_accuracy(spec, key["method"], "test", key["mode"])
-    return {
+    return [{
         **key,
         "forward": zoo.spec_forward(spec, key["mode"]),
         "accuracy": accuracy,
         "samples": zoo.samples("test"),
         "seconds": round(time.time() - start, 2),
-    }
+    }]
 
 
 def plot_sweep(frame, args, out):
@@ -127,20 +132,18 @@ def plot_headline(frame, out):
     for container in grid.ax.containers:
         grid.ax.bar_label(container, fmt="%.2f", fontsize=8)
     grid.ax.set_ylabel("test accuracy")
-    grid.ax.set_title(f"[Z25] recipe, {HEADLINE_BITS} bits (state {HEADLINE_STATE_BITS})")
+    grid.ax.set_title(f"[Z25] recipe, {HEADLINE_BITS} bits (state 16 bits)")
     save_figure(grid.figure, out / "headline.png")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    prepare(args)
     zoo = ModelZoo(study_setup(args), args.models_dir)
     table = ResultTable(args.out / "results.csv", KEY)
-    todo = [(key, spec) for key, spec in measurements(args) if not table.done(setup=zoo.key, **key)]
-    for key, spec in tqdm(todo, desc=NAME, unit="point"):
-        table.add({"setup": zoo.key, **measure(zoo, key, spec)})
-    frame = table.frame()
-    frame = frame[frame.setup == zoo.key]
+    points = run_points(zoo.key, args)
+    table.measure_pending(points, lambda point: measure(zoo, point), NAME)
+    frame = table.rows_of(run_keys(points))
     plot_sweep(frame, args, args.out)
     plot_headline(frame, args.out)
     print(frame[frame.experiment != "sweep"][["experiment", "method", "mode", "accuracy"]].to_string(index=False))

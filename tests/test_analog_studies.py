@@ -1,83 +1,71 @@
-"""The analog studies: each --quick run writes its CSV and plots, and a rerun resumes instead of
-measuring again; and their shared helpers (aimc_ssm.analog_study). The studies run on the small
-`digits` data set so that CI stays fast; the models directory is shared, so the float and QAT
-models are trained once for all three."""
+"""The analog studies: each --quick run writes a row per point of its run, its plots, and a rerun
+resumes instead of measuring again; and their shared helpers (aimc_ssm.study.analog). The studies
+run through the `studies` fixture (conftest.py): the small `digits` data set, models shared."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import argparse
 
-import pandas as pd
 import pytest
 import torch
 
-from aimc_ssm.analog_study import Deployer, DeviceSettings, with_weight_noise, without_state_requantization
-from aimc_ssm.model import ModelConfig, S4DModel
-from aimc_ssm.precision import PrecisionSpec
-from aimc_ssm.quantize import quantize_
+from aimc_ssm.analog.devices import DeviceError
+from aimc_ssm.analog.hwa import with_weight_noise
+from aimc_ssm.core.model import ModelConfig, S4DModel
+from aimc_ssm.quant.precision import PrecisionSpec
+from aimc_ssm.quant.quantize import quantize_, without_state_quantizer
+from aimc_ssm.study.analog import Deployer, DeviceSettings, add_device_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--quick", "--dataset", "digits", "--compute", "cpu"]
-
-
-def run_study(name: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors; a second thread only waits on a shared machine
-    return subprocess.run(
-        [sys.executable, str(ROOT / "studies" / f"{name}.py"), *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-def check_resumes(name: str, out: Path, models: Path, *extra) -> pd.DataFrame:
-    """Cut the CSV in half as a killed run would leave it; the rerun measures only the missing rows."""
-    frame = pd.read_csv(out / "results.csv")
-    kept = len(frame) // 2
-    frame.iloc[:kept].to_csv(out / "results.csv", index=False)
-    run_study(name, *QUICK, "--out", out, "--models-dir", models, *extra)
-    resumed = pd.read_csv(out / "results.csv")
-    assert len(resumed) == len(frame)
-    pd.testing.assert_frame_equal(resumed.iloc[:kept], frame.iloc[:kept])
-    return resumed
+DEVICE_FLAGS = ("--device", "--adc-bits", "--dac-bits", "--adc-range", "--out-noise", "--tile-size", "--kernel-adc-range")
 
 
 @pytest.mark.parametrize("name", ["adc_sweep", "noise_resilience", "pruning"])
-def test_help_documents_flags_and_columns(name):
-    text = run_study(name, "--help").stdout
-    assert "--quick" in text and "results.csv" in text and "accuracy" in text
-    assert all(flag in text for flag in ("--device", "--adc-bits", "--dac-bits", "--adc-range", "--out-noise", "--tile-size", "--kernel-adc-range"))
+def test_help_documents_flags_and_columns(studies, name):
+    text = studies.help(name)
+    assert "results.csv" in text and "accuracy" in text
+    assert all(flag in text for flag in DEVICE_FLAGS)
 
 
-def test_adc_sweep_quick_writes_rows_and_plots_and_resumes(tmp_path, models):
+def test_adc_sweep_quick_writes_rows_and_plots_and_resumes(tmp_path, studies):
     out = tmp_path / "adc_sweep"
-    result = run_study("adc_sweep", *QUICK, "--out", out, "--models-dir", models)
-    frame = pd.read_csv(out / "results.csv")
-    assert {"setup", "model", "method", "bits", "noise", "adc_bits", "dac_bits", "repeat", "accuracy", "digital_accuracy", "adc_complexity", "samples", "device"} <= set(frame.columns)
-    assert set(frame.model) == {"float", "ptq-8", "qat-8"} and set(frame.noise) == {"converters", "stochastic", "device"}
+    key = ["setup", "model", "mapping", "noise", "adc_bits", "dac_bits", "repeat"]
+    result = studies.quick("adc_sweep", out)
+    frame = studies.results(out, key)
+    assert {
+        "setup", "model", "method", "training", "bits", "mapping", "noise", "adc_bits", "dac_bits", "repeat", "accuracy",
+        "unstable_channels", "digital_accuracy", "adc_complexity", "crossbar_cells", "samples", "device",
+    } <= set(frame.columns)
+    assert set(frame.model) == {"float", "ptq-8", "qat-8", "hwa-float"} and set(frame.noise) == {"converters", "stochastic", "device"}
+    assert set(frame.mapping) == {"direct", "balanced", "incremental"}
     points = {(8, 14), (14, 14)}  # the ADC sweep at the finest DAC, the DAC sweep at the finest ADC
     assert set(zip(frame.adc_bits, frame.dac_bits)) == points
-    assert len(frame) == 3 * len(points) * (1 + 1 + 2)  # converters, stochastic: one draw each; device: two repeats
-    assert frame.accuracy.between(0, 1).all()
+    assert len(frame) == 4 * 3 * len(points) * (1 + 1 + 2)  # converters, stochastic: one draw each; device: two repeats
+    # target weights have the digital model's eigenvalues: no unstable channel without device noise
+    assert (frame[frame.noise != "device"].unstable_channels == 0).all()
+    assert frame.unstable_channels.between(0, 16).all() and (frame.crossbar_cells == 16 * 66 * 65).all()  # --quick: 1 copy
+    assert set(frame[frame.noise != "device"].repeat) == {0} and set(frame[frame.noise == "device"].repeat) == {0, 1}
+    assert frame.accuracy.between(0, 1).all() and frame.digital_accuracy.between(0, 1).all() and (frame.samples == 100).all()
     low, high = (frame[(frame.noise == "converters") & (frame.adc_bits == b)].adc_complexity.iloc[0] for b in (8, 14))
     assert high / low == pytest.approx(14 / 8)  # every conversion at the ADC's bits
     for plot in ("accuracy_vs_adc_bits", "accuracy_vs_dac_bits", "accuracy_vs_adc_complexity"):
         assert (out / f"{plot}.png").stat().st_size > 0
     assert "vs ADC bits" in result.stdout  # the summary table
-    check_resumes("adc_sweep", out, models)
+    studies.check_resumes("adc_sweep", out, key)
 
 
-def test_noise_resilience_quick_writes_rows_and_plots_and_resumes(tmp_path, models):
+def test_noise_resilience_quick_writes_rows_and_plots_and_resumes(tmp_path, studies):
     out = tmp_path / "noise_resilience"
-    run_study("noise_resilience", *QUICK, "--out", out, "--models-dir", models)
-    frame = pd.read_csv(out / "results.csv")
-    assert {"setup", "experiment", "model", "target", "noise", "train_noise", "t_inference", "repeat", "accuracy", "samples"} <= set(frame.columns)
-    assert set(frame.experiment) == {"test", "hwa", "device", "drift"}
+    key = ["setup", "experiment", "model", "target", "mapping", "noise", "t_inference", "repeat"]
+    studies.quick("noise_resilience", out)
+    frame = studies.results(out, key)
+    assert {"setup", "experiment", "model", "target", "mapping", "noise", "train_noise", "t_inference", "repeat", "accuracy", "unstable_channels", "samples"} <= set(frame.columns)
+    assert set(frame.experiment) == {"test", "hwa", "device", "drift"} and set(frame.model) == {"float", "qat-8"}
+    # per model, one draw where there is no noise and two elsewhere: test 2 targets x sigmas (0, 0.5, 5 %),
+    # hwa A at 1 %; per mapping (three), device at noise scales 0, 0.03, 1, drift at 0.03 read at 4 times
+    per_model = {"test": 2 * (1 + 2 + 2), "hwa": 2, "device": 3 * (1 + 2 + 2), "drift": 3 * 2 * 4}
+    assert set(frame[frame.experiment.isin(["device", "drift"])].mapping) == {"direct", "balanced", "incremental"}
+    assert (frame[frame.experiment.isin(["test", "hwa"])].mapping == "none").all()
+    assert frame.groupby("experiment").size().to_dict() == {e: 2 * n for e, n in per_model.items()}
+    assert frame.accuracy.between(0, 1).all()
     assert set(frame[frame.experiment == "test"].target) == {"A", "A_bar"}
     hwa = frame[frame.experiment == "hwa"]
     assert (hwa.train_noise == hwa.noise).all() and set(hwa.noise) == {0.01}
@@ -87,19 +75,23 @@ def test_noise_resilience_quick_writes_rows_and_plots_and_resumes(tmp_path, mode
     assert len(clean) == 2 * 2  # two models x two targets, one draw each: no noise to draw
     for plot in ("accuracy_vs_sigma", "accuracy_vs_device_noise", "accuracy_vs_drift"):
         assert (out / f"{plot}.png").stat().st_size > 0
-    check_resumes("noise_resilience", out, models)
+    studies.check_resumes("noise_resilience", out, key)
 
 
-def test_pruning_quick_writes_rows_masks_and_plots_and_resumes(tmp_path, models):
+def test_pruning_quick_writes_rows_masks_and_plots_and_resumes(tmp_path, studies):
     out = tmp_path / "pruning"
-    run_study("pruning", *QUICK, "--out", out, "--models-dir", models)
-    frame = pd.read_csv(out / "results.csv")
+    key = ["setup", "model", "kind", "scope"]
+    studies.quick("pruning", out)
+    frame = studies.results(out, key)
     assert {
         "setup", "model", "kind", "scope", "candidates", "pruned", "pruned_fraction", "val_accuracy", "test_accuracy",
         "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "analog_accuracy", "analog_accuracy_unpruned",
     } <= set(frame.columns)
     assert set(frame.model) == {"float", "qat-8"} and set(frame.kind) == {"structured", "unstructured", "linear"}
     assert set(frame[frame.kind == "linear"].scope) == {"model", "encoder", "blocks.0.mixing", "decoder"}
+    assert len(frame) == 2 * (1 + 1 + 4)  # per model: one SSM layer (structured, unstructured), three Linears and all of them
+    accuracies = ["val_accuracy", "test_accuracy", "val_accuracy_unpruned", "test_accuracy_unpruned", "analog_accuracy", "analog_accuracy_unpruned"]
+    assert frame[accuracies].apply(lambda column: column.between(0, 1)).all().all()
     assert (frame.val_accuracy >= frame.val_accuracy_unpruned - 0.01 - 1e-9).all()  # within the 1-point tolerance
     assert (frame.crossbar_cells <= frame.crossbar_cells_unpruned).all() and (frame.candidates <= 48).all()
     structured = frame[frame.kind == "structured"]
@@ -109,17 +101,31 @@ def test_pruning_quick_writes_rows_masks_and_plots_and_resumes(tmp_path, models)
     assert len(list((out / "masks").glob("*/*.pt"))) == len(frame)
     for plot in ("pruned_fraction", "per_layer", "savings"):
         assert (out / f"{plot}.png").stat().st_size > 0
-    check_resumes("pruning", out, models)
+    studies.check_resumes("pruning", out, key)
 
     # other device settings: the saved masks are reused, only the analog check runs again
-    run_study("pruning", *QUICK, "--out", out, "--models-dir", models, "--adc-bits", "8")
-    rerun = pd.read_csv(out / "results.csv")
+    studies.quick("pruning", out, "--adc-bits", "8")
+    rerun = studies.results(out, key)
     other = rerun[rerun.setup != frame.setup.iloc[0]].set_index(["model", "kind", "scope"]).sort_index()
     first = frame.set_index(["model", "kind", "scope"]).sort_index()
-    assert len(other) == len(frame) and (other.pruned == first.pruned).all() and (other.evaluations == first.evaluations).all()
+    assert len(rerun) == 2 * len(frame) and len(other) == len(frame)
+    assert (other.pruned == first.pruned).all() and (other.evaluations == first.evaluations).all()
 
 
-# -- the shared helpers (aimc_ssm.analog_study) --------------------------------------------------------
+# -- the shared helpers (aimc_ssm.study.analog) --------------------------------------------------------
+def test_converter_bits_are_lists_and_a_study_of_one_setting_takes_the_only_value():
+    parser = argparse.ArgumentParser()
+    add_device_flags(parser, converter_bits=16)
+    defaults = parser.parse_args([])
+    assert defaults.adc_bits == defaults.dac_bits == [16]
+    assert DeviceSettings.from_args(defaults).knobs == {"dac_bits": 16, "adc_bits": 16}  # as a setting of every crossbar
+    assert DeviceSettings.from_args(parser.parse_args(["--adc-bits", "12"])).knobs["adc_bits"] == 12
+    with pytest.raises(DeviceError, match="--adc-bits takes one value in this study, not 8 12"):
+        DeviceSettings.from_args(parser.parse_args(["--adc-bits", "8", "12"]))
+    swept = DeviceSettings.from_args(parser.parse_args(["--adc-bits", "8", "12"]), swept=("adc_bits", "dac_bits"))
+    assert swept.knobs == {}  # a sweep sets them at every point
+
+
 def tiny_model() -> S4DModel:
     torch.manual_seed(0)
     model = S4DModel(ModelConfig(d_input=1, d_output=3, d_model=3, d_state=6)).eval()
@@ -158,9 +164,9 @@ def test_deployer_calibrates_once_and_reuses_the_ranges():
     model = quantize_(tiny_model(), PrecisionSpec.z25(8))
     calibration = torch.randn(8, 20, 1)
     deployer = Deployer(model, calibration)
-    assert not any(block.ssm.quant.requantizes_state for block in deployer.source.blocks)  # the converters do it
-    assert model.blocks[0].ssm.quant.requantizes_state  # the model itself is left alone
     first = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=12))
+    assert first.blocks[0].ssm.state_quantizer is None  # the converters quantize the state
+    assert model.blocks[0].ssm.requantizes_state() and deployer.source is model  # the model itself is left alone, not copied
     again = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=10))
     ranges = dac_ranges(first)
     assert ranges["blocks.0.ssm"].shape == (3,) and all(torch.equal(ranges[k], v) for k, v in dac_ranges(again).items())
@@ -174,11 +180,11 @@ def test_deployer_calibrates_once_and_reuses_the_ranges():
 
 def test_weight_noise_on_A_and_A_bar():
     model = quantize_(tiny_model(), PrecisionSpec.z25(8))
-    clean = without_state_requantization(model)
+    clean = without_state_quantizer(model)
     dA = clean.blocks[0].ssm.ssm_parameters()[0].detach()
     silent = with_weight_noise(clean, 0.0, "A_bar")
     assert torch.equal(silent.blocks[0].ssm.ssm_parameters()[0], dA)
-    assert not silent.blocks[0].ssm.quant.requantizes_state  # the state quantizer the model had is kept
+    assert not silent.blocks[0].ssm.requantizes_state()  # the state quantizer the model had is kept
     torch.manual_seed(0)
     noisy = with_weight_noise(clean, 0.05, "A_bar").blocks[0].ssm
     draws = torch.stack([noisy.ssm_parameters()[0].detach() - dA for _ in range(200)])

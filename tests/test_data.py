@@ -1,4 +1,4 @@
-"""Tests for aimc_ssm.data: embedded datasets, file loaders on tiny generated files, errors."""
+"""Tests for aimc_ssm.core.data: embedded datasets, file loaders on tiny generated files, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from aimc_ssm.data import (
+from aimc_ssm.core.data import (
     CIFAR_FILES,
     DATASETS,
     MNIST_FILES,

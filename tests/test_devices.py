@@ -1,11 +1,11 @@
-"""Device files, their overrides and errors (aimc_ssm.devices)."""
+"""Device files, their overrides and errors (aimc_ssm.analog.devices)."""
 import pytest
 import torch
 from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel, StateIndependentNoiseModel
 from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
 from aihwkit.simulator.parameters import BoundManagementType
 
-from aimc_ssm.devices import DEVICES_DIR, DeviceError, bits_to_res, list_devices, load_device, main, res_to_bits
+from aimc_ssm.analog.devices import DEVICES_DIR, DeviceError, bits_to_res, list_devices, load_device, main, res_to_bits
 
 
 def test_shipped_devices_load():
@@ -116,3 +116,16 @@ def test_cli(capsys):
     assert "TorchInferenceRPUConfig" in out and "out_noise=0.02" in out and "out_res=0.0161" in out
     assert main(["--device", "pcm", "--set", "forward.nope=1"]) == 2
     assert "has no field 'nope'" in capsys.readouterr().err
+
+
+def test_drift_compensation_knob_and_the_hwa_preset():
+    from aihwkit.inference.compensation.drift import PerColumnDriftCompensation
+    from aihwkit.simulator.presets import StandardHWATrainingPreset
+
+    assert isinstance(load_device("pcm", drift_compensation="per-column").drift_compensation, PerColumnDriftCompensation)
+    assert load_device("pcm", drift_compensation="none").drift_compensation is None
+    with pytest.raises(DeviceError, match="drift_compensation must be one of"):
+        load_device("pcm", drift_compensation="local")
+    preset = load_device("hwa_preset")
+    assert type(preset) is StandardHWATrainingPreset and preset.forward.w_noise == pytest.approx(0.0175)
+    assert load_device("hwa_preset", adc_bits=6).forward.out_res == bits_to_res(6)

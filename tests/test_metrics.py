@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from aimc_ssm.metrics import (
-    COMPONENTS,
+from aimc_ssm.core.model import ModelConfig, S4DModel
+from aimc_ssm.quant.metrics import (
     HardwareReport,
     ace,
     adc_complexity,
@@ -32,7 +32,7 @@ from aimc_ssm.metrics import (
     model_size_bytes,
     report,
 )
-from aimc_ssm.model import ModelConfig, S4DModel
+from aimc_ssm.quant.precision import COMPONENTS
 
 SCIFAR = ModelConfig(d_input=1, d_output=10, d_model=128, d_state=128, n_layers=4, mixing="relu", trainable_B=False)
 TINY = ModelConfig(d_input=2, d_output=3, d_model=4, d_state=6, n_layers=2, mixing="relu")

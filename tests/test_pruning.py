@@ -1,16 +1,19 @@
-"""Greedy pruning with masks on the deployed parameters (aimc_ssm.pruning): the walk, the masks, the recount."""
+"""Greedy pruning with masks on the deployed parameters (aimc_ssm.quant.pruning): the walk, the masks, the recount."""
 import copy
 import random
 
 import pytest
 import torch
 
-from aimc_ssm.analog import FusedS4D, to_analog
-from aimc_ssm.devices import load_device
-from aimc_ssm.metrics import adc_complexity
-from aimc_ssm.model import ModelConfig, S4DModel
-from aimc_ssm.precision import PrecisionSpec
-from aimc_ssm.pruning import (
+from aimc_ssm.analog.deploy import to_analog
+from aimc_ssm.analog.devices import load_device
+from aimc_ssm.analog.hwa import with_weight_noise
+from aimc_ssm.analog.kernel import FusedS4D
+from aimc_ssm.core.model import ModelConfig, S4DModel
+from aimc_ssm.core.train import evaluate
+from aimc_ssm.quant.metrics import adc_complexity
+from aimc_ssm.quant.precision import PrecisionSpec
+from aimc_ssm.quant.pruning import (
     accuracy_at_least,
     attach_masks,
     candidates,
@@ -22,8 +25,7 @@ from aimc_ssm.pruning import (
     pruned_adc_complexity,
     set_pruned,
 )
-from aimc_ssm.quantize import quantize_
-from aimc_ssm.train import evaluate
+from aimc_ssm.quant.quantize import quantize_
 
 H, N = 3, 8  # 4 complex modes per channel
 
@@ -83,7 +85,7 @@ def test_structured_masks_remove_whole_modes_after_quantization():
         model = attach_masks(tiny_model(spec))
         ssm = model.blocks[0].ssm
         before = [p.detach().clone() for p in ssm.ssm_parameters()]
-        keep = ssm.quant.keep_mode
+        keep = ssm.transform("pruning").keep_mode
         set_pruned([(keep, 1), (keep, 4 + 2)], True)  # channel 0 mode 1, channel 1 mode 2
         dA, dB, C, D = (p.detach() for p in ssm.ssm_parameters())
         for h, n in ((0, 1), (1, 2)):
@@ -95,10 +97,26 @@ def test_structured_masks_remove_whole_modes_after_quantization():
         assert torch.equal(D, before[3])
 
 
+def test_a_pruned_qat_model_with_noise_on_A_bar_composes_in_the_declared_order():
+    model = attach_masks(tiny_model(PrecisionSpec.z25(6)))  # a QAT model's quantizers, then masks
+    keep = model.blocks[0].ssm.transform("pruning").keep_mode
+    set_pruned([(keep, 1)], True)  # channel 0 mode 1
+    quantized = model.blocks[0].ssm.ssm_parameters()[0].detach()
+    noisy = with_weight_noise(model, 0.05, "A_bar").blocks[0].ssm
+    assert list(noisy.transforms) == ["quantization", "pruning", "noise"]  # attached in any order...
+    torch.manual_seed(0)
+    dA = noisy.ssm_parameters()[0].detach()  # ...applied in TRANSFORM_ORDER: quantize, perturb, mask
+    assert dA[0, 1] == 0  # the pruned entry stays exactly zero under noise
+    live = keep.clone()
+    assert ((dA - quantized)[live].abs() > 0).all()  # every other entry is perturbed...
+    assert ((dA - quantized)[live].abs() < 0.5 * quantized.abs().max()).all()  # ...around the quantized Ā
+    assert noisy.requantizes_state() and noisy.quantization is not None  # the quantization is still there
+
+
 def test_masks_reach_the_crossbars():
     model = attach_masks(tiny_model(PrecisionSpec.z25(6)))
     ssm = model.blocks[0].ssm
-    set_pruned([(ssm.quant.keep_mode, 0), (ssm.quant.keep_C, 5)], True)  # channel 0 mode 0; C of channel 1 mode 1
+    set_pruned([(ssm.transform("pruning").keep_mode, 0), (ssm.transform("pruning").keep_C, 5)], True)  # channel 0 mode 0; C of channel 1 mode 1
     mixing = dict(model.named_modules())["blocks.0.mixing"]
     set_pruned([(mask_tensors(model)["blocks.0.mixing"], 3)], True)
     analog = to_analog(model, load_device("ideal"))
@@ -131,7 +149,7 @@ def test_candidates_are_ordered_and_cover_each_kind():
 
 def test_prune_keeps_the_smallest_modes_the_test_accepts():
     model = attach_masks(tiny_model())
-    keep = model.blocks[0].ssm.quant.keep_mode
+    keep = model.blocks[0].ssm.transform("pruning").keep_mode
     order = [index for _, index in candidates(model, "structured")]
     result = prune(model, "structured", lambda: int((~keep).sum()) <= 5)
     assert len(result.pruned) == 5 and result.candidates == H * N // 2
@@ -148,8 +166,8 @@ def test_crossbar_and_adc_recount():
     assert pruned_adc_complexity(model) == adc_complexity(model.cfg, {})  # float: 32 bits
 
     ssm = model.blocks[0].ssm
-    set_pruned([(ssm.quant.keep_mode, 0), (ssm.quant.keep_mode, 1)], True)  # two modes of channel 0
-    set_pruned([(ssm.quant.keep_C, 4)], True)  # C of channel 1 mode 0: a dead mode too
+    set_pruned([(ssm.transform("pruning").keep_mode, 0), (ssm.transform("pruning").keep_mode, 1)], True)  # two modes of channel 0
+    set_pruned([(ssm.transform("pruning").keep_C, 4)], True)  # C of channel 1 mode 0: a dead mode too
     report = crossbar_report(model)
     live = [2, 3, 4]
     assert report["live_modes"] == sum(live)

@@ -9,13 +9,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aimc_ssm.data import load_dataset, make_loaders
-from aimc_ssm.model import ModelConfig, S4DModel
-from aimc_ssm.precision import COMPONENTS, PrecisionSpec
-from aimc_ssm.qrecurrent import quantized_scan, quantized_scan_ref
-from aimc_ssm.quantize import calibrate, precision_of, ptq_model, qat_model, quantize_, stability_report
-from aimc_ssm.quantizers import FLOAT, QuantizerConfig
-from aimc_ssm.train import DivergenceError, TrainConfig, evaluate, trained_model
+from aimc_ssm.cache import float_model, qat_model
+from aimc_ssm.core.data import load_dataset, make_loaders
+from aimc_ssm.core.model import ModelConfig, S4DModel
+from aimc_ssm.core.train import DivergenceError, TrainConfig, evaluate
+from aimc_ssm.quant.precision import COMPONENTS, PrecisionSpec
+from aimc_ssm.quant.qrecurrent import quantized_scan, quantized_scan_ref
+from aimc_ssm.quant.quantize import calibrate, precision_of, ptq_model, quantize_, stability_report
+from aimc_ssm.quant.quantizers import FLOAT, QuantizerConfig
 
 TINY = ModelConfig(d_model=3, d_state=8)
 
@@ -114,7 +115,7 @@ def test_quantized_model_exposes_the_quantized_system():
         assert torch.unique(tensor.detach()).numel() <= 7  # 3-bit symmetric per tensor
     assert torch.unique(model.blocks[0].mixing.weight.detach()).numel() <= 7
     assert not torch.equal(model.blocks[0].mixing.weight, model.blocks[0].mixing.parametrizations.weight.original)
-    state = model.blocks[0].ssm.quant.state(torch.randn(2, 3, 4, dtype=torch.cfloat))
+    state = model.blocks[0].ssm.quantization.state(torch.randn(2, 3, 4, dtype=torch.cfloat))
     assert torch.unique(state.real).numel() <= 7
 
 
@@ -135,23 +136,47 @@ PARITY_SPECS = {
 
 @pytest.mark.parametrize("name", PARITY_SPECS)
 @pytest.mark.parametrize("autograd", [False, True], ids=["inference", "autograd"])
-def test_fast_recurrence_equals_reference(name, autograd):
+def test_fast_recurrence_equals_reference(name, autograd, compute):
     spec = PARITY_SPECS[name]
     # polar form goes through abs/angle/cos/sin, whose vectorized and scalar kernels may differ in the
     # last float32 bit; in float64 such a difference never reaches a rounding decision
     dtype = torch.float64 if spec.parameterization == "polar" else torch.float32
-    model = quantize_(tiny_model().to(dtype), spec)
+    model = quantize_(tiny_model().to(compute, dtype), spec)
     if spec.static():
-        calibrate(model, [inputs(4, 24, seed=5, dtype=dtype)], "recurrent")
+        calibrate(model, [inputs(4, 24, seed=5, dtype=dtype).to(compute)], "recurrent")
     ssm = model.blocks[0].ssm
-    u = inputs(3, 24, channels=3, seed=2, dtype=dtype) * 2
+    u = inputs(3, 24, channels=3, seed=2, dtype=dtype).to(compute) * 2
     with torch.set_grad_enabled(autograd):
         params = ssm.ssm_parameters()
-        fast = quantized_scan(u, params, ssm.quant)
-    reference = quantized_scan_ref(u, params, ssm.quant)
+        fast = quantized_scan(u, params, ssm.quantization)
+    reference = quantized_scan_ref(u, params, ssm.quantization)
     # the same rounding decisions: a different one would move y by about a 6-bit step
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
     assert fast.requires_grad == autograd
+
+
+@pytest.mark.parametrize("name", PARITY_SPECS)
+def test_fast_recurrence_gradients_equal_reference(name, compute):
+    """Training in recurrent mode: the fast path's gradients (through every straight-through estimator)
+    are the reference twin's, for the input and every trainable SSM parameter."""
+    spec = PARITY_SPECS[name]
+    model = quantize_(tiny_model().to(compute, torch.float64), spec)
+    if spec.static():
+        calibrate(model, [inputs(4, 24, seed=5, dtype=torch.float64).to(compute)], "recurrent")
+    ssm = model.blocks[0].ssm
+    leaves = [p for p in ssm.parameters() if p.requires_grad]
+    weights = inputs(3, 24, channels=3, seed=7, dtype=torch.float64).to(compute)  # a loss that weighs every output
+
+    def gradients(scan):
+        u = (inputs(3, 24, channels=3, seed=2, dtype=torch.float64).to(compute) * 2).requires_grad_()
+        y = scan(u, ssm.ssm_parameters(), ssm.quantization)
+        return torch.autograd.grad((y * weights).sum(), [u, *leaves], allow_unused=True)
+
+    for fast, reference in zip(gradients(quantized_scan), gradients(quantized_scan_ref)):
+        assert (fast is None) == (reference is None)
+        if fast is not None:
+            assert reference.abs().max() > 0
+            torch.testing.assert_close(fast, reference, atol=1e-9, rtol=1e-7)
 
 
 def test_model_recurrent_mode_runs_the_quantized_recurrence():
@@ -161,9 +186,9 @@ def test_model_recurrent_mode_runs_the_quantized_recurrence():
     with torch.no_grad():
         params = ssm.ssm_parameters()
         y = ssm(u, "recurrent")
-        torch.testing.assert_close(y, quantized_scan_ref(u, params, ssm.quant), atol=1e-5, rtol=0)
+        torch.testing.assert_close(y, quantized_scan_ref(u, params, ssm.quantization), atol=1e-5, rtol=0)
         float_state = copy.deepcopy(ssm)
-        float_state.quant = None
+        float_state.set_transform("quantization", None)
         assert (y - float_state.scan(u)).abs().max() > 1e-3  # a 3-bit state is felt
         # stepping by hand gives the same sequence
         x_t, ys = ssm.initial_state(u.shape[0]), []
@@ -184,7 +209,7 @@ def test_conv_matches_recurrent_when_the_state_is_float():
         z25 = ptq_model(float_model, PrecisionSpec.z25(8, 16).with_bits("act", None))
         torch.testing.assert_close(z25(x, "conv"), z25(x, "recurrent"), atol=1e-3, rtol=0)
         s25 = ptq_model(float_model, PrecisionSpec.s25(4))
-        assert s25.blocks[0].ssm.quant.state_kernel is not None
+        assert s25.blocks[0].ssm.quantization.state_kernel is not None
         assert (s25(x, "conv") - s25(x, "recurrent")).abs().max() > 1e-4
 
 
@@ -200,12 +225,12 @@ def test_static_ranges_calibrate_in_the_modes_that_use_them():
     with pytest.raises(RuntimeError, match="recurrent"):
         model(x, "recurrent")  # the state exists only in recurrent mode
     calibrate(model, [inputs(8, seed=3)], "recurrent")
-    lo = model.blocks[0].ssm.quant.A.parts.lo.clone()
+    lo = model.blocks[0].ssm.quantization.A.parts.lo.clone()
     with torch.no_grad():
         y = model(x, "recurrent")
         # fixed ranges: each sample's output no longer depends on the rest of its batch
         torch.testing.assert_close(model(x[:1], "recurrent"), y[:1], atol=1e-6, rtol=0)
-    assert torch.equal(model.blocks[0].ssm.quant.A.parts.lo, lo)  # recurrent calibration kept conv's ranges
+    assert torch.equal(model.blocks[0].ssm.quantization.A.parts.lo, lo)  # recurrent calibration kept conv's ranges
     ptq = ptq_model(float_model, spec, [(inputs(8, seed=3), None)])
     with torch.no_grad():
         torch.testing.assert_close(ptq(x, "recurrent"), y, atol=1e-6, rtol=0)
@@ -249,13 +274,13 @@ def test_gradients_flow_through_the_quantizers(mode):
 
 
 DIGITS = ModelConfig(d_model=8, d_state=8)
-FLOAT_RUN = TrainConfig(dataset="digits", epochs=6, batch_size=25, lr=3e-2, device="cpu")
+FLOAT_RUN = TrainConfig(dataset="digits", epochs=6, batch_size=25, lr=3e-2, compute="cpu")
 
 
 @pytest.fixture(scope="module")
 def digits_float_model(tmp_path_factory):
     cache = tmp_path_factory.mktemp("models")
-    model, metrics = trained_model(DIGITS, FLOAT_RUN, cache, progress=False)
+    model, metrics = float_model(DIGITS, FLOAT_RUN, cache, progress=False)
     assert metrics["test_acc_conv"] > 0.5
     return model, cache
 

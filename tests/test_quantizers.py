@@ -1,4 +1,4 @@
-"""Tests for aimc_ssm.quantizers: every quantizer option, on small generated tensors."""
+"""Tests for aimc_ssm.quant.quantizers: every quantizer option, on small generated tensors."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from aimc_ssm.quantizers import (
+from aimc_ssm.quant.quantizers import (
     FLOAT,
     Z25_PERCENTILE,
     ComplexQuantizer,

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from aimc_ssm import ModelConfig, S4D, S4DModel
-from aimc_ssm.model import parameter_groups
-from aimc_ssm.s4d import direct_conv_ref, fft_conv, kernel_ref, vandermonde_kernel
+from aimc_ssm import S4D, ModelConfig, S4DModel
+from aimc_ssm.core.model import parameter_groups
+from aimc_ssm.core.s4d import TRANSFORM_ORDER, SSMTransform, causal_conv, causal_conv_ref, ssm_kernel, ssm_kernel_ref
 
 
 def randomize(layer: S4D, seed: int) -> S4D:
@@ -18,10 +18,10 @@ def randomize(layer: S4D, seed: int) -> S4D:
 
 @pytest.mark.parametrize("H,N,L", [(1, 2, 16), (4, 8, 100), (16, 64, 784), (8, 32, 1024)])
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
-def test_conv_equals_recurrent_random_models(H, N, L, discretization):
+def test_conv_equals_recurrent_random_models(H, N, L, discretization, compute):
     torch.manual_seed(H * N + L)
-    layer = randomize(S4D(H, N, discretization=discretization), seed=L)
-    u = torch.randn(3, L, H)
+    layer = randomize(S4D(H, N, discretization=discretization), seed=L).to(compute)
+    u = torch.randn(3, L, H).to(compute)
     with torch.no_grad():
         y_conv, y_rec = layer(u, "conv"), layer(u, "recurrent")
     scale = y_conv.abs().max()
@@ -44,17 +44,17 @@ def test_conv_equals_recurrent_after_training():
     assert torch.allclose(conv, rec, atol=1e-4), (conv - rec).abs().max()
 
 
-def test_kernel_matches_direct_power_sum():
-    layer = randomize(S4D(6, 16), seed=1)
+def test_kernel_matches_direct_power_sum(compute):
+    layer = randomize(S4D(6, 16), seed=1).to(compute)
     dA, dB, C, _ = layer.ssm_parameters()
     with torch.no_grad():
-        K, K_ref = vandermonde_kernel(dA, dB, C, 1024), kernel_ref(dA, dB, C, 1024)
+        K, K_ref = ssm_kernel(dA, dB, C, 1024), ssm_kernel_ref(dA, dB, C, 1024)
     assert torch.allclose(K, K_ref, atol=1e-5 * K_ref.abs().max())
 
 
-def test_fft_convolution_matches_direct_sum():
-    u, K = torch.randn(2, 300, 5), torch.randn(5, 300)
-    assert torch.allclose(fft_conv(u, K), direct_conv_ref(u, K), atol=1e-3)
+def test_fft_convolution_matches_direct_sum(compute):
+    u, K = torch.randn(2, 300, 5).to(compute), torch.randn(5, 300).to(compute)
+    assert torch.allclose(causal_conv(u, K), causal_conv_ref(u, K), atol=1e-3)
 
 
 def test_step_by_step_equals_scan_and_state_continues():
@@ -149,3 +149,33 @@ def test_wrong_input_shape_and_nan_are_refused():
         model(x)
     with pytest.raises(ValueError, match="mode"):
         model(torch.randn(2, 10, 1), "fft")
+
+
+def test_transform_chain_runs_in_the_declared_order():
+    calls = []
+
+    class Recorder(SSMTransform):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
+
+        def continuous(self, ssm, dt, A, B, C):
+            calls.append(("continuous", self.kind))
+            return dt, A, B, C
+
+        def discrete(self, ssm, dA, dB, C, D):
+            calls.append(("discrete", self.kind))
+            return dA, dB, C, D
+
+    layer = S4D(3, 4)
+    float_system = [p.detach().clone() for p in layer.ssm_parameters()]
+    for kind in ("pruning", "noise", "quantization"):  # attached in another order
+        layer.set_transform(kind, Recorder(kind))
+    system = layer.ssm_parameters()
+    expected = [(stage, kind) for stage in ("continuous", "discrete") for kind in TRANSFORM_ORDER[stage]]
+    assert calls == expected
+    assert all(torch.equal(a, b) for a, b in zip(system, float_system))  # identity links change nothing
+    layer.set_transform("noise", None)
+    assert list(layer.transforms) == ["pruning", "quantization"]
+    with pytest.raises(ValueError, match="unknown transform kind"):
+        layer.set_transform("dropout", Recorder("dropout"))

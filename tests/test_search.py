@@ -8,25 +8,23 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aimc_ssm.metrics import HardwareReport, memory_footprint_bits, report
-from aimc_ssm.model import ModelConfig, S4DModel
-from aimc_ssm.precision import COMPONENTS, PrecisionSpec
-from aimc_ssm.search import (
+from aimc_ssm.core.model import ModelConfig, S4DModel
+from aimc_ssm.core.train import TrainConfig
+from aimc_ssm.quant.metrics import HardwareReport, memory_footprint_bits, report
+from aimc_ssm.quant.precision import COMPONENTS, PrecisionSpec, recipe_spec
+from aimc_ssm.quant.search import (
     DEFAULT_LADDER,
     SWEEP_COMPONENTS,
     allocation_key,
     check_ladder,
     component_spec,
     greedy_search,
-    recipe_spec,
     resolve_cutoff,
-    search_precision,
     sensitivity_points,
     sensitivity_sweep,
 )
-from aimc_ssm.study import StudySetup
-from aimc_ssm.train import TrainConfig
-from aimc_ssm.zoo import ModelZoo
+from aimc_ssm.study.harness import StudySetup
+from aimc_ssm.study.zoo import ModelZoo, search_precision
 
 TINY = ModelConfig(d_model=3, d_state=8)
 START = recipe_spec("z25", 12)
@@ -206,7 +204,7 @@ def test_search_errors_name_the_problem():
 # -- on a trained tiny model ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    train = TrainConfig(dataset="digits", epochs=2, device="cpu")
+    train = TrainConfig(dataset="digits", epochs=2, compute="cpu")
     setup = StudySetup(ModelConfig(d_model=4, d_state=8), train, replace(train, epochs=1, lr=1e-3), test_samples=100)
     return ModelZoo(setup, tmp_path_factory.mktemp("models"), progress=False)
 
@@ -235,7 +233,7 @@ def test_search_on_a_trained_model_is_deterministic_and_reduces_memory(zoo):
 def test_qat_search_fine_tunes_each_candidate_once(zoo, monkeypatch):
     result = search_precision(zoo, metric="adc", method="qat", cutoff=0.0, ladder=(12, 4), components=["mixing"])
     assert [s.component for s in result.trace] == [None, "mixing"] and result.bits["mixing"] == 4
-    import aimc_ssm.quantize as quantize_module
+    import aimc_ssm.cache as cache_module
 
-    monkeypatch.setattr(quantize_module, "fit", lambda *a, **k: pytest.fail("a cached QAT run was trained again"))
+    monkeypatch.setattr(cache_module, "fit", lambda *a, **k: pytest.fail("a cached QAT run was trained again"))
     assert search_precision(zoo, metric="adc", method="qat", cutoff=0.0, ladder=(12, 4), components=["mixing"]).trace == result.trace

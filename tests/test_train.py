@@ -5,26 +5,27 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aimc_ssm import ModelConfig
-from aimc_ssm import train as train_mod
+from aimc_ssm import ModelConfig, cache
 from aimc_ssm.__main__ import main as cli
-from aimc_ssm.train import TrainConfig, load_model, train, trained_model
+from aimc_ssm.cache import float_model
+from aimc_ssm.core import train as train_mod
+from aimc_ssm.core.train import TrainConfig, load_model
 
 TINY = ModelConfig(d_model=8, d_state=8)
-FAST = TrainConfig(dataset="digits", epochs=2, batch_size=32, lr=3e-2, ssm_lr=1e-2, device="cpu")
+FAST = TrainConfig(dataset="digits", epochs=2, batch_size=32, lr=3e-2, ssm_lr=1e-2, compute="cpu")
 
 
 def test_training_is_deterministic_and_learns(tmp_path):
     longer = replace(FAST, epochs=5)
-    _, a = train(TINY, longer, tmp_path / "a", progress=False)
-    _, b = train(TINY, longer, tmp_path / "b", progress=False)
+    _, a = float_model(TINY, longer, progress=False, run_dir=tmp_path / "a")
+    _, b = float_model(TINY, longer, progress=False, run_dir=tmp_path / "b")
     assert a["history"] == [dict(h, seconds=h2["seconds"]) for h, h2 in zip(b["history"], a["history"])]
     assert a["test_acc_conv"] == b["test_acc_conv"] and a["test_acc_conv"] > 0.4  # 10 classes: chance is 0.1
     assert a["test_acc_conv"] == a["test_acc_recurrent"]
 
 
 def test_checkpoint_has_config_metrics_versions_and_loads_weights_only(tmp_path):
-    train(TINY, FAST, tmp_path, progress=False)
+    float_model(TINY, FAST, progress=False, run_dir=tmp_path)
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ckpt["meta"]["model"] == TINY.to_dict() and ckpt["meta"]["train"]["dataset"] == "digits"
     assert "torch" in ckpt["meta"]["versions"] and 0 <= ckpt["val_acc"] <= 1
@@ -34,7 +35,7 @@ def test_checkpoint_has_config_metrics_versions_and_loads_weights_only(tmp_path)
 
 
 def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch):
-    _, full = train(TINY, FAST, tmp_path / "full", progress=False)
+    _, full = float_model(TINY, FAST, progress=False, run_dir=tmp_path / "full")
 
     calls = {"n": 0}
     real_evaluate = train_mod.evaluate
@@ -47,25 +48,25 @@ def test_resume_after_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_mod, "evaluate", killed_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, FAST, tmp_path / "killed", progress=False)
+        float_model(TINY, FAST, progress=False, run_dir=tmp_path / "killed")
     assert not (tmp_path / "killed" / "metrics.json").exists()
     monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
-    _, resumed = train(TINY, FAST, tmp_path / "killed", progress=False)
+    _, resumed = float_model(TINY, FAST, progress=False, run_dir=tmp_path / "killed")
     assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in full["history"]]
     assert resumed["test_acc_conv"] == full["test_acc_conv"]
 
 
 def test_cache_trains_once(tmp_path, monkeypatch):
-    first, m1 = trained_model(TINY, FAST, tmp_path, progress=False)
-    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: pytest.fail("cached model was retrained"))
-    second, m2 = trained_model(TINY, FAST, tmp_path, progress=False)
+    first, m1 = float_model(TINY, FAST, tmp_path, progress=False)
+    monkeypatch.setattr(cache, "fit", lambda *a, **k: pytest.fail("cached model was retrained"))
+    second, m2 = float_model(TINY, FAST, tmp_path, progress=False)
     assert m1 == m2
     for p, q in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(p, q)
 
 
 def test_cli_train_prints_both_modes(tmp_path, capsys):
-    args = ["train", "--dataset", "digits", "--d-model", "4", "--d-state", "4", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    args = ["train", "--dataset", "digits", "--d-model", "4", "--d-state", "4", "--epochs", "1", "--compute", "cpu", "--no-progress"]
     assert cli(args + ["--run-dir", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["test_acc_conv"] == out["test_acc_recurrent"] and out["epochs"] == 1
@@ -79,20 +80,20 @@ def test_cli_reports_bad_input_clearly(capsys):
 
 
 def test_bad_train_config():
-    with pytest.raises(ValueError, match="device"):
-        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="compute"):
+        TrainConfig(compute="tpu")
     with pytest.raises(ValueError, match="mode"):
         TrainConfig(mode="parallel")
     with pytest.raises(ValueError, match="unknown train config keys"):
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="input channels"):
-        train(ModelConfig(d_input=3, d_model=4, d_state=4), FAST, "unused", progress=False)
+        float_model(ModelConfig(d_input=3, d_model=4, d_state=4), FAST, progress=False, run_dir="unused")
 
 
 def test_infinite_gradients_stop_before_the_weights_turn_nan(tmp_path):
-    from aimc_ssm.data import load_dataset
-    from aimc_ssm.model import S4DModel
-    from aimc_ssm.train import DivergenceError, fit
+    from aimc_ssm.core.data import load_dataset
+    from aimc_ssm.core.model import S4DModel
+    from aimc_ssm.core.train import DivergenceError, fit
 
     torch.manual_seed(0)
     model = S4DModel(replace(TINY, d_input=1, d_output=10))

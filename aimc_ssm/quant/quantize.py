@@ -3,12 +3,14 @@
     quantize_(model, spec)                       fake quantizers on every component, in place
     calibrate(model, batches, mode)              static ranges: observe, then freeze
     ptq_model(float_model, spec, batches)        PTQ: a quantized copy of a trained float model
-    qat_model(model_cfg, train_cfg, spec, ...)   QAT from scratch ([S25]) or fine-tuned ([Z25]), cached
+    prepare_qat(model, spec, batches)            QAT, prepare: quantize_ and calibrate, ready to train
+                                                 (aimc_ssm.cache.qat_model trains it once and caches it)
     stability_report(model)                      largest |Ā| per layer after quantization
 
 Where the quantizers live once `quantize_` has run:
 
-    block.ssm.quant            SSMQuantization: A, B, C, D, dt, state, partial_Ax, partial_Bu,
+    block.ssm.quantization     SSMQuantization, the quantization link of the layer's transform chain
+                               (aimc_ssm.core.s4d): A, B, C, D, dt, state, partial_Ax, partial_Bu,
                                state_kernel, state_input (see its docstring)
     block.act_quant            FakeQuantizer of the activations (SSM output after its activation)
     block.mixing, model.encoder, model.decoder
@@ -18,30 +20,25 @@ Where the quantizers live once `quantize_` has run:
     model.precision            the PrecisionSpec
 
 Gradients pass the quantizers straight through (config.ste), so the same quantized model trains
-with aimc_ssm.train.fit in conv or recurrent mode.
+with aimc_ssm.core.train.fit in conv or recurrent mode.
 """
 from __future__ import annotations
 
 import copy
-import itertools
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .data import make_loaders
-from .model import ModelConfig, S4DModel
+from ..core.model import S4DModel
+from ..core.s4d import SSMTransform, discretize
 from .precision import PrecisionSpec
 from .qrecurrent import quantized_scan, quantized_step
-from .quantizers import ComplexQuantizer, FakeQuantizer, QuantizerConfig
-from .s4d import S4D, discretize
-from .train import DEFAULT_CACHE, TrainConfig, config_key, fit, load_model, trained_model, training_data
+from .quantizers import ComplexQuantizer, FakeQuantizer, QuantizerConfig, to_planes
 
 
-class SSMQuantization(nn.Module):
-    """The quantizers of one S4D layer, attached as `layer.quant` (the hook of aimc_ssm.s4d).
+class SSMQuantization(SSMTransform):
+    """The quantizers of one S4D layer: the quantization link of its transform chain (aimc_ssm.core.s4d).
 
     Quantizers (float ones pass their input through):
         A, B, C                    ComplexQuantizer of Ā, B̄, C ("cartesian", "polar": Ā polar) or
@@ -79,17 +76,50 @@ class SSMQuantization(nn.Module):
         """Whether the recurrence differs from the float one (partial products share the state's bits)."""
         return not self.state.is_float
 
-    def ssm_parameters(self, ssm: S4D):
-        """The quantized discrete system (Ā, B̄, C, D) of `ssm`."""
-        dt, A, B, C = ssm.continuous_parameters()
-        if self.parameterization == "continuous":
-            if not self.dt.is_float:
-                dt = torch.exp(self.dt(ssm.log_dt))  # log-domain, as [S25]
-            dA, dB = discretize(dt, self.A(A), self.B(B), ssm.discretization)
-        else:
-            dA, dB = discretize(dt, A, B, ssm.discretization)
+    def continuous(self, ssm, dt, A, B, C):
+        """"continuous": log dt, A and B on their grids before discretization ([S25]); else nothing."""
+        if self.parameterization != "continuous":
+            return dt, A, B, C
+        if not self.dt.is_float:
+            dt = torch.exp(self.dt(ssm.log_dt))  # log-domain, as [S25]
+        return dt, self.A(A), self.B(B), C
+
+    def discrete(self, ssm, dA, dB, C, D):
+        """Ā and B̄ on their grids (unless quantized before discretization), C and D always."""
+        if self.parameterization != "continuous":
             dA, dB = self.A(dA), self.B(dB)
-        return dA, dB, self.C(C), self.D(ssm.D)
+        return dA, dB, self.C(C), self.D(D)
+
+    @torch.no_grad()
+    def grid_steps(self, ssm) -> tuple[torch.Tensor, ...] | None:
+        """Grid steps (Ā, B̄, C (H, n) complex; D (H,)) of the parts on a uniform cartesian grid, 0 elsewhere;
+        None where no part is on one (every quantizer float).
+
+        Ā and B̄ are on such a grid where they are quantized after discretization, Ā in cartesian form
+        only (polar Ā is on a grid of |Ā| and ∠Ā); C, D always. A deployed value is an integer level
+        times its step, which is what an export of crossbar levels needs."""
+        dt, A, B, C = ssm.continuous_parameters()  # what the quantizers see: their ranges come from it
+        dA, dB = discretize(dt, A, B, ssm.discretization)
+
+        def steps(quantizer, z):  # complex (H, n) or real (H,): the steps of (Re, Im), 0 off a uniform cartesian grid
+            parts = getattr(quantizer, "parts", quantizer)
+            if parts.is_float or getattr(quantizer, "form", "cartesian") != "cartesian":
+                return torch.zeros_like(z)
+            planes = to_planes(z) if z.is_complex() else z
+            grid = parts.grid(planes)  # levels scale·(q + offset)
+            if grid.offset:  # 1-bit symmetric levels ±r/2 sit between integers
+                return torch.zeros_like(z)
+            scale = torch.as_tensor(grid.scale).expand_as(planes)
+            return torch.complex(scale[0], scale[1]) if z.is_complex() else scale
+
+        if self.parameterization == "continuous":  # A and B were quantized before discretization
+            step_A = step_B = torch.zeros_like(dA)
+        else:
+            step_A, step_B = steps(self.A, dA), steps(self.B, dB)
+        grid_steps = (step_A, step_B, steps(self.C, C), steps(self.D, ssm.D))
+        if not any(step.abs().amax() > 0 for step in grid_steps):
+            return None
+        return tuple(step.detach().cpu() for step in grid_steps)
 
     def conv_operands(self, K: torch.Tensor, u: torch.Tensor):
         """Kernel (H, L) and input (B, L, H) of the convolution, through the state proxy if any."""
@@ -125,7 +155,7 @@ def quantize_(model: S4DModel, spec: PrecisionSpec) -> S4DModel:
     if precision_of(model) is not None:
         raise ValueError("model is already quantized; quantize_ a copy of the float model instead")
     for block in model.blocks:
-        block.ssm.quant = SSMQuantization(spec)
+        block.ssm.set_transform("quantization", SSMQuantization(spec))
         block.act_quant = FakeQuantizer(spec.act, channel_dim=-1)
         _quantize_weight(block.mixing, spec.mixing)
     _quantize_weight(model.encoder, spec.coder)
@@ -178,18 +208,6 @@ def calibrate(model: nn.Module, batches, mode: str = "conv") -> nn.Module:
     return model
 
 
-def install_quantization(ssm: S4D, quant: SSMQuantization, new_buffers: tuple[str, ...] = ()) -> None:
-    """Make `quant` the layer's quantization, keeping the calibrated ranges and the state quantizer it had
-    (which a deployment may have removed). new_buffers: state `quant` has that the old one lacks."""
-    old = ssm.quant
-    if old is not None:
-        missing, unexpected = quant.load_state_dict(old.state_dict(), strict=False)
-        if unexpected or set(missing) - set(new_buffers):
-            raise ValueError(f"the layer's quantization does not match its model's spec: missing {missing}, unexpected {unexpected}")
-        quant.state = old.state
-    ssm.quant = quant.to(ssm.D.device)
-
-
 CALIBRATION_BATCHES = 8  # training batches: enough for the min/max ranges of static quantizers
 
 
@@ -205,12 +223,6 @@ def calibrate_static(model: S4DModel, spec: PrecisionSpec, batches: list) -> Non
     """Calibrate every static quantizer of `spec` on `batches`, in each mode that reaches one."""
     for mode in calibration_modes(spec):
         calibrate(model, batches, mode)
-
-
-def first_training_batches(data, train_cfg: TrainConfig, count: int = CALIBRATION_BATCHES) -> list:
-    """The first `count` training batches in the seeded training order: what static ranges calibrate on."""
-    train_loader = make_loaders(data, train_cfg.batch_size, train_cfg.seed)[0]
-    return list(itertools.islice(train_loader, count))
 
 
 def ptq_model(float_model: S4DModel, spec: PrecisionSpec, calibration_batches=None) -> S4DModel:
@@ -229,46 +241,27 @@ def ptq_model(float_model: S4DModel, spec: PrecisionSpec, calibration_batches=No
     return model.eval()
 
 
-def qat_model(
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    spec: PrecisionSpec,
-    *,
-    finetune_from: TrainConfig | None = None,
-    calibration_batches: int = CALIBRATION_BATCHES,
-    cache_dir: Path = DEFAULT_CACHE,
-    progress: bool = True,
-) -> tuple[S4DModel, dict]:
-    """Quantization-aware training, run once per (configs, spec) under cache_dir/qat-<hash>/, then reloaded.
-
-    finetune_from=None trains from scratch with the quantizers on ([S25]); a TrainConfig starts from
-    the float model trained with it (trained_model's cache) and fine-tunes with train_cfg ([Z25]:
-    e.g. TrainConfig(epochs=10, lr=1e-3)). train_cfg.mode picks conv (fast; the state only through
-    spec.conv_state_proxy) or recurrent (the deployed recurrence, slower). Static ranges are
-    calibrated on the first `calibration_batches` training batches before training.
-    Raises aimc_ssm.train.DivergenceError if the loss becomes NaN or infinite.
-    """
-    source = asdict(finetune_from) if finetune_from is not None else {}
-    run_dir = Path(cache_dir) / f"qat-{config_key(model_cfg, train_cfg, spec.to_dict(), source)}"
-    if (run_dir / "metrics.json").exists():
-        return load_quantized_model(run_dir)
-    data = training_data(model_cfg, train_cfg)
-    if finetune_from is None:
-        torch.manual_seed(train_cfg.seed)
-        model = S4DModel(model_cfg)
-    else:
-        model, _ = trained_model(model_cfg, finetune_from, cache_dir, progress)
+def prepare_qat(model: S4DModel, spec: PrecisionSpec, calibration_batches=None) -> S4DModel:
+    """Quantization-aware training, prepare: fake quantizers on `model` in place, static ranges calibrated
+    on `calibration_batches` (a few training batches), ready for aimc_ssm.core.train.fit. The trained
+    model is already the deployed one (convert is the identity: the quantizers stay attached)."""
     quantize_(model, spec)
     if spec.static():
-        calibrate_static(model, spec, first_training_batches(data, train_cfg, calibration_batches))
-    meta = {"model": model_cfg.to_dict(), "precision": spec.to_dict(), "finetune_from": source or None}
-    metrics = fit(model, data, train_cfg, run_dir, meta, progress)
-    return model.cpu().eval(), metrics
+        if calibration_batches is None:
+            raise ValueError(f"spec has static ranges for {list(spec.static())}: pass calibration_batches")
+        calibrate_static(model, spec, list(calibration_batches))
+    return model
 
 
-def load_quantized_model(run_dir: Path) -> tuple[S4DModel, dict]:
-    """The best-val quantized model of a finished QAT run and its metrics."""
-    return load_model(run_dir, prepare=lambda model, meta: quantize_(model, PrecisionSpec.from_dict(meta["precision"])))
+def without_state_quantizer(model: S4DModel) -> S4DModel:
+    """A copy of `model` whose recurrence does not re-quantize the state (the model itself if none does)."""
+    if not any(block.ssm.requantizes_state() for block in model.blocks):
+        return model
+    model = copy.deepcopy(model)
+    for block in model.blocks:
+        if block.ssm.quantization is not None:
+            block.ssm.quantization.state = ComplexQuantizer(QuantizerConfig(bits=None))
+    return model
 
 
 @torch.no_grad()

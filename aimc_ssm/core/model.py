@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..io import from_dict_strict
 from .s4d import A_INITS, DISCRETIZATIONS, S4D, check_input, check_sizes
-from .configs import from_dict_strict
 
 ACTIVATIONS = ("gelu", "none")
 MIXINGS = ("glu", "relu")
@@ -95,7 +95,7 @@ class S4DBlock(nn.Module):
             dt_max=cfg.dt_max,
         )
         self.activation = nn.GELU() if cfg.activation == "gelu" else nn.Identity()
-        self.act_quant = nn.Identity()  # quantization hook: aimc_ssm.quantize.quantize_ puts the activation quantizer here
+        self.act_quant = nn.Identity()  # quantization hook: aimc_ssm.quant.quantize.quantize_ puts the activation quantizer here
         if cfg.mixing == "glu":
             self.mixing, self.mixing_activation = nn.Linear(H, 2 * H), nn.GLU(dim=-1)
         else:
@@ -131,14 +131,20 @@ class S4DModel(nn.Module):
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, ssm_lr: float = 1e-3):
-    """AdamW groups as the reference S4 code: log_dt and A with their own lr and no weight decay."""
-    ssm_names = ("log_dt", "log_A_real", "A_imag")
-    ssm, rest = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (ssm if name.rsplit(".", 1)[-1] in ssm_names else rest).append(p)
-    return [
-        {"params": rest, "lr": lr, "weight_decay": weight_decay},
-        {"params": ssm, "lr": ssm_lr, "weight_decay": 0.0},
-    ]
+    """AdamW groups from the optimizer hints that modules register with their parameters (S4D's
+    `optim_hints`): hinted parameters in a group of their hint's settings ("ssm_lr" stands for `ssm_lr`),
+    every other trainable parameter in the default group (lr, weight_decay)."""
+    named = {"ssm_lr": ssm_lr}
+    default = {"params": [], "lr": lr, "weight_decay": weight_decay}
+    hinted: dict[tuple, dict] = {}
+    for module in model.modules():
+        hints = getattr(module, "optim_hints", {})
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name not in hints:
+                default["params"].append(p)
+                continue
+            settings = {k: named.get(v, v) if isinstance(v, str) else v for k, v in hints[name].items()}
+            hinted.setdefault(tuple(sorted(settings.items())), {"params": [], **settings})["params"].append(p)
+    return [default, *hinted.values()]

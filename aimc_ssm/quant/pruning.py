@@ -21,12 +21,12 @@ element. Where single trials would accept a whole run of elements this accepts i
 evaluations; a group is accepted on the accuracy with all its elements zeroed, without checking each
 prefix, which is where it can differ from one-at-a-time (accuracy is not monotone in the pruned set).
 
-Masks (`attach_masks`) act on the deployed values, after the model's quantizers: every SSM gets a
-`MaskedSSMQuantization` (its quantization, or a float one, whose `ssm_parameters` returns the masked
-Ā, B̄, C), every Linear a `WeightMask` parametrization after its weight quantizer. So a pruned PTQ/QAT
-model deploys exact zeros, whatever the quantizer's ranges; and `aimc_ssm.analog.to_analog`, which
-reads `ssm_parameters()` and `.weight`, puts the zeros on the crossbars. Quantize first, then attach
-masks: `quantize_` replaces a layer's quantization, masks included.
+Masks (`attach_masks`) act on the deployed values, after the model's quantizers: every SSM gets an
+`SSMMasks`, the "pruning" link of its transform chain (aimc_ssm.core.s4d), which masks Ā, B̄, C after
+the quantization and any weight noise; every Linear a `WeightMask` parametrization after its weight
+quantizer. So a pruned PTQ/QAT model deploys exact zeros, whatever the quantizer's ranges; and
+`aimc_ssm.analog.deploy.to_analog`, which reads `ssm_parameters()` and `.weight`, puts the zeros on the
+crossbars. Weight masks follow the Linear's quantizer, so quantize first, then attach masks.
 
 Savings (`crossbar_report`, `pruned_adc_complexity`): a mode is live while its deployed C_n and B̄_n
 are both nonzero (otherwise it cannot reach the output); a channel's fused crossbar keeps
@@ -34,7 +34,7 @@ are both nonzero (otherwise it cannot reach the output); a channel's fused cross
 counts the outputs still converted: live state columns at r_state and the y column at r_act per
 channel, mixing outputs whose weight row is not all zero at r_lin, encoder and decoder outputs
 likewise at r_act (an all-zero row outputs its bias, a constant). Unpruned it equals
-aimc_ssm.metrics.adc_complexity.
+aimc_ssm.quant.metrics.adc_complexity.
 """
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..core.model import S4DModel
+from ..core.s4d import SSMTransform
 from .metrics import resolve_bits
-from .model import S4DModel
-from .precision import PrecisionSpec
-from .quantize import SSMQuantization, install_quantization, precision_of
+from .quantize import precision_of
 
 KINDS = ("structured", "unstructured", "linear")
 LINEAR_NAMES = ("encoder", "mixing", "decoder")
@@ -59,16 +59,16 @@ LINEAR_NAMES = ("encoder", "mixing", "decoder")
 MASK_BUFFERS = ("keep_mode", "keep_A", "keep_C")  # whole modes, single Ā entries, single C entries
 
 
-class MaskedSSMQuantization(SSMQuantization):
-    """An S4D layer's quantization whose deployed system is masked: Ā·keep_A·keep_mode, B̄·keep_mode, C·keep_C·keep_mode."""
+class SSMMasks(SSMTransform):
+    """The "pruning" transform of an S4D layer: its deployed system masked, Ā·keep_A·keep_mode, B̄·keep_mode,
+    C·keep_C·keep_mode, after its quantizers (the last link of the chain: pruned entries are exact zeros)."""
 
-    def __init__(self, spec: PrecisionSpec, d_model: int, n_modes: int):
-        super().__init__(spec)
+    def __init__(self, d_model: int, n_modes: int):
+        super().__init__()
         for name in MASK_BUFFERS:
             self.register_buffer(name, torch.ones(d_model, n_modes, dtype=torch.bool))
 
-    def ssm_parameters(self, ssm):
-        dA, dB, C, D = super().ssm_parameters(ssm)
+    def discrete(self, ssm, dA, dB, C, D):
         mode = self.keep_mode.to(dA.real.dtype)
         return dA * (mode * self.keep_A), dB * mode, C * (mode * self.keep_C), D
 
@@ -101,10 +101,9 @@ def weight_mask(linear: nn.Module) -> WeightMask | None:
 
 def attach_masks(model: S4DModel) -> S4DModel:
     """Give every SSM and Linear of `model` all-ones masks on its deployed values, in place; idempotent."""
-    spec = precision_of(model) or PrecisionSpec.float()
     for ssm in ssm_layers(model).values():
-        if not isinstance(ssm.quant, MaskedSSMQuantization):
-            install_quantization(ssm, MaskedSSMQuantization(spec, ssm.d_model, ssm.d_state // 2), new_buffers=MASK_BUFFERS)
+        if ssm.transform("pruning") is None:
+            ssm.set_transform("pruning", SSMMasks(ssm.d_model, ssm.d_state // 2))
     for linear in linear_layers(model).values():
         if weight_mask(linear) is None:
             # unsafe: the registration's trial call would fail on a static quantizer not yet calibrated
@@ -116,9 +115,10 @@ def mask_tensors(model: S4DModel) -> dict[str, torch.Tensor]:
     """Every mask of a model with masks attached, by name (e.g. "blocks.0.ssm.keep_mode", "decoder")."""
     masks = {}
     for name, ssm in ssm_layers(model).items():
-        if not isinstance(ssm.quant, MaskedSSMQuantization):
+        masks_of = ssm.transform("pruning")
+        if masks_of is None:
             raise ValueError(f"{name} has no masks: call attach_masks(model) first")
-        masks.update({f"{name}.{k}": getattr(ssm.quant, k) for k in MASK_BUFFERS})
+        masks.update({f"{name}.{k}": getattr(masks_of, k) for k in MASK_BUFFERS})
     for name, linear in linear_layers(model).items():
         mask = weight_mask(linear)
         if mask is None:
@@ -177,13 +177,13 @@ def scored_masks(module: nn.Module, kind: str) -> list[tuple[torch.Tensor, torch
         weight = module.weight.abs()
         return [(weight_mask(module).keep, weight / weight.max().clamp_min(1e-30))]
     dA, dB, C, _ = module.ssm_parameters()
-    quant = module.quant
+    masks = module.transform("pruning")
     if kind == "structured":
         decay = (1 - dA.abs() ** 2).clamp_min(1e-6)
-        return [(quant.keep_mode, (C * dB).abs() / decay.sqrt())]
+        return [(masks.keep_mode, (C * dB).abs() / decay.sqrt())]
     return [
-        (quant.keep_A, dA.abs() / dA.abs().max().clamp_min(1e-30)),
-        (quant.keep_C, C.abs() / C.abs().max().clamp_min(1e-30)),
+        (masks.keep_A, dA.abs() / dA.abs().max().clamp_min(1e-30)),
+        (masks.keep_C, C.abs() / C.abs().max().clamp_min(1e-30)),
     ]
 
 

@@ -14,8 +14,8 @@ modeler copies one, edits it and passes `--device path/to/my_device.py` (or a sh
 Bits follow aihwkit's n-bit convention, `bits_to_res`: n bits = 2^n - 2 steps over the full range
 2·bound, res = 1/(2^n - 2); None or 0 turns the converter's quantization off (res -1).
 
-    python -m aimc_ssm.devices --list
-    python -m aimc_ssm.devices --device pcm --set adc_bits=6 --set forward.out_noise=0.02
+    python -m aimc_ssm.analog.devices --list
+    python -m aimc_ssm.analog.devices --device pcm --set adc_bits=6 --set forward.out_noise=0.02
 """
 from __future__ import annotations
 
@@ -28,15 +28,37 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEVICES_DIR = Path(__file__).resolve().parent.parent / "devices"
+DEVICES_DIR = Path(__file__).resolve().parents[2] / "devices"
 COMMON_KNOBS = {
     "dac_bits": "DAC resolution in bits (forward.inp_res); 0 or None: no input quantization",
     "adc_bits": "ADC resolution in bits (forward.out_res); 0 or None: no output quantization",
     "adc_range": "ADC range (forward.out_bound), in units of the normalized MVM output",
     "out_noise": "additive Gaussian output noise std (forward.out_noise), same units",
     "tile_size": "largest physical crossbar (mapping.max_input_size and max_output_size); 0: unlimited",
+    "drift_compensation": "after drift: global (aihwkit's, one factor per tile from one noisy read), averaged "
+    "(the same from 64 averaged reads, aimc_ssm.analog.compensation), global-exact (aihwkit's, reference read "
+    "noise-free), per-column (aihwkit's, one factor per output column) or none",
 }
 CONVERTER_KNOBS = ("dac_bits", "adc_bits", "adc_range", "out_noise")
+
+
+def drift_compensations() -> dict:
+    """aihwkit's drift compensations by knob value (None: no compensation)."""
+    from aihwkit.inference.compensation.drift import (
+        GlobalDriftCompensation,
+        GlobalDriftCompensationWithExactReference,
+        PerColumnDriftCompensation,
+    )
+
+    from .compensation import AveragedDriftCompensation
+
+    return {
+        "global": GlobalDriftCompensation,
+        "averaged": AveragedDriftCompensation,
+        "global-exact": GlobalDriftCompensationWithExactReference,
+        "per-column": PerColumnDriftCompensation,
+        "none": None,
+    }
 
 
 class DeviceError(ValueError):
@@ -169,6 +191,12 @@ def apply_overrides(config, **overrides):
         io.out_bound = positive("adc_range", parse_value(knobs["adc_range"], 1.0))
     if "out_noise" in knobs:
         io.out_noise = non_negative("out_noise", parse_value(knobs["out_noise"], 1.0))
+    if "drift_compensation" in knobs:
+        choices = drift_compensations()
+        name = str(knobs["drift_compensation"])
+        if name not in choices:
+            raise DeviceError(f"drift_compensation must be one of {sorted(choices)}, got {name!r}")
+        config.drift_compensation = choices[name]() if choices[name] is not None else None
     if "tile_size" in knobs:
         size = parse_value(knobs["tile_size"], 0)
         if not isinstance(size, int) or size < 0:
@@ -301,7 +329,7 @@ def parse_settings(pairs: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m aimc_ssm.devices", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m aimc_ssm.analog.devices", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--list", action="store_true", help="list the shipped devices")
     parser.add_argument("--device", help="short name (see --list) or path of a device file")

@@ -1,12 +1,9 @@
 """How many bits each component needs: per-component sensitivity sweeps and [S25]'s greedy search.
 
-Specs come from a quantizer recipe (RECIPES), at b bits:
-
-    "z25"  PrecisionSpec.z25(b, state_bits=b): asymmetric, percentile-clipped quantizers, per channel
-           for the SSM's tensors, Ā in the cartesian parameterization, with conv_state_proxy on so
-           that QAT, which fine-tunes in conv mode, sees the state's precision (recurrent mode, where
-           accuracy is measured, re-quantizes the state itself)
-    "s25"  PrecisionSpec.s25(b): symmetric abs-max per tensor, continuous A, B and D float
+Specs come from a recipe of the registry (aimc_ssm.quant.precision.RECIPES) at b bits, by default
+"z25": [Z25]'s quantizers with every component at b bits and the conv-mode state proxy on, so
+that QAT, which fine-tunes in conv mode, sees the state's precision (recurrent mode, where accuracy
+is measured, re-quantizes the state itself).
 
 Sensitivity (`component_spec`, `sensitivity_points`, `sensitivity_sweep`): one component at b bits
 with the recipe's quantizer for it, every other component float; "all" is the whole recipe at b
@@ -32,12 +29,10 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from .metrics import HardwareReport, report
-from .precision import COMPONENTS, PrecisionSpec, check_component
+from .metrics import HardwareReport
+from .precision import COMPONENTS, PrecisionSpec, check_component, recipe_spec
 from .quantizers import MAX_BITS, MIN_BITS
-from .zoo import ModelZoo
 
-RECIPES = ("z25", "s25")
 SWEEP_COMPONENTS = (*COMPONENTS, "all")
 # metric name -> HardwareReport field
 METRICS = {"memory": "memory_bits", "ace": "ace", "size": "model_size_bits", "adc": "adc_complexity"}
@@ -53,15 +48,6 @@ Measure = Callable[[PrecisionSpec], HardwareReport]
 
 
 # -- specs ------------------------------------------------------------------------------------
-def recipe_spec(recipe: str, bits: int) -> PrecisionSpec:
-    """Every component of `recipe` (RECIPES) at `bits`, the state included."""
-    if recipe == "z25":
-        return PrecisionSpec.z25(bits, state_bits=bits).replace(conv_state_proxy=True)
-    if recipe == "s25":
-        return PrecisionSpec.s25(bits)
-    raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
-
-
 def component_spec(component: str, bits: int, recipe: str = "z25") -> PrecisionSpec:
     """`component` at `bits` with the recipe's quantizer, every other component float ("all": the recipe)."""
     if component not in SWEEP_COMPONENTS:
@@ -251,7 +237,7 @@ def greedy_search(
         start: the spec to start from; its quantized components are searched unless `components`
             names some of them.
         accuracy: spec -> accuracy (e.g. ModelZoo.spec_accuracy of PTQ or QAT on the validation split).
-        measure: spec -> HardwareReport (e.g. aimc_ssm.metrics.report with the float model, for memory).
+        measure: spec -> HardwareReport (e.g. aimc_ssm.quant.metrics.report with the float model, for memory).
         cutoff: the lowest acceptable accuracy.
         metric: "memory", "ace", "size" or "adc" (METRICS).
         ladder: strictly decreasing bit widths; a component goes from its bits to the next lower rung.
@@ -333,44 +319,3 @@ def resolve_cutoff(reference: float, cutoff: float | None = None, tolerance: flo
     if tolerance < 0:
         raise ValueError(f"tolerance is an accuracy drop and cannot be negative, got {tolerance}")
     return reference - tolerance
-
-
-def search_precision(
-    zoo: ModelZoo,
-    *,
-    metric: str = "memory",
-    method: str = "ptq",
-    cutoff: float | None = None,
-    tolerance: float | None = None,
-    recipe: str = "z25",
-    ladder=DEFAULT_LADDER,
-    components=None,
-    split: str = "val",
-    mode: str = "recurrent",
-    known: dict[str, float] | None = None,
-    on_step: Callable[[SearchStep], None] | None = None,
-) -> SearchResult:
-    """Greedy search on the models of `zoo`: which bits keep the accuracy.
-
-    Starts from `recipe` at the ladder's first rung; accuracy is that of PTQ (method "ptq", fast) or
-    of QAT fine-tuning per candidate (method "qat", one cached run each), on `split` in `mode`
-    (recurrent: the deployed recurrence, the state re-quantized every step). The cutoff is `cutoff`,
-    or the float model's accuracy minus `tolerance` (default DEFAULT_TOLERANCE, one point); give one.
-    """
-    if method not in ("ptq", "qat"):
-        raise ValueError(f"unknown search method {method!r}; choose 'ptq' (fast) or 'qat' (fine-tunes every candidate)")
-    ladder = check_ladder(ladder)
-    reference = zoo.spec_accuracy(None, "float", split, mode)
-    result = greedy_search(
-        recipe_spec(recipe, ladder[0]),
-        lambda spec: zoo.spec_accuracy(spec, method, split, mode),
-        lambda spec: report(zoo.setup.model, spec, zoo.float_model),
-        cutoff=resolve_cutoff(reference, cutoff, tolerance),
-        metric=metric,
-        components=components,
-        ladder=ladder,
-        known=known,
-        on_step=on_step,
-        progress=zoo.progress,
-    )
-    return replace(result, reference_accuracy=reference)

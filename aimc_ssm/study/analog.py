@@ -21,56 +21,82 @@ every mode scaled to its channel's input range, or "direct").
 The fed-back state. On a crossbar the state leaves through the ADC and returns through the DAC every
 step: the converters are its quantizers. A PTQ/QAT model's own digital state quantizer ([Z25]: 16
 bits, ranges re-taken from the batch at every step) is therefore not applied on the crossbar
-(the `Deployer` removes it): it would be a second rounding, finer than the converters, that no crossbar
+(the `Deployer` deploys without it): it would be a second rounding, finer than the converters, that no crossbar
 periphery performs, and it costs ten times the simulation time of the kernel itself.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from .analog import STATE_MAPPINGS, apply_signal_peaks, inject_weight_noise, measure_signals, program, to_analog, training_noise
-from .devices import COMMON_KNOBS, DeviceError, load_device, parse_settings
-from .model import S4DModel
-from .precision import PrecisionSpec
-from .quantize import SSMQuantization, install_quantization, precision_of
-from .quantizers import FLOAT, ComplexQuantizer
-from .train import DivergenceError, config_key, evaluate
-from .zoo import ModelZoo, requantizes_state
+from .. import cache
+from ..analog.deploy import apply_signal_peaks, measure_signals, program, to_analog
+from ..analog.devices import COMMON_KNOBS, DeviceError, drift_compensations, load_device, parse_settings
+from ..analog.hwa import KernelHWA
+from ..analog.kernel import MAPPINGS
+from ..analog.stability import unstable_channels
+from ..core.model import S4DModel
+from ..core.train import DivergenceError, evaluate
+from ..io import config_key
+from ..quant.precision import RECIPES, recipe_help, recipe_spec
+from .zoo import ModelZoo
 
 DEFAULT_KERNEL_ADC_RANGE = 2.0
-RECIPES = ("z25", "uniform")
+DEFAULT_KERNEL_DRIFT_COMPENSATION = "averaged"
 DAC_CALIBRATION_BATCHES = 2  # training batches whose largest |input| and |state| set the DAC ranges
 NOISE_FIELDS = ("prog_noise_scale", "read_noise_scale", "drift_scale")  # aihwkit noise models' scales
 
 
 # -- flags ------------------------------------------------------------------------------------------
-def add_device_flags(parser: argparse.ArgumentParser, converter_flags: bool = True) -> None:
-    """--device, the common knobs (converter bits only if `converter_flags`), kernel-specific settings, --set."""
+def add_device_flags(
+    parser: argparse.ArgumentParser, converter_flags: bool = True, converter_bits: int | None = None, mappings_default=("balanced",)
+) -> None:
+    """--device, the common knobs, kernel-specific settings, --set.
+
+    --dac-bits and --adc-bits take lists in every study, as studies/adc_sweep.py sweeps them (it adds
+    its own: converter_flags=False). Here they are one setting of every crossbar, `converter_bits`
+    unless given (None: the device file's); DeviceSettings.from_args takes the only value. --mapping
+    is a list too: studies that deploy one mapping take its only value (`one_setting`).
+    """
     group = parser.add_argument_group("device (crossbars)")
-    group.add_argument("--device", default="pcm", help="short name (python -m aimc_ssm.devices --list) or path of a device file (default: %(default)s)")
+    group.add_argument("--device", default="pcm", help="short name (python -m aimc_ssm.analog.devices --list) or path of a device file (default: %(default)s)")
     if converter_flags:
-        group.add_argument("--dac-bits", type=int, default=None, help=COMMON_KNOBS["dac_bits"] + " (default: the device file's)")
-        group.add_argument("--adc-bits", type=int, default=None, help=COMMON_KNOBS["adc_bits"] + " (default: the device file's)")
+        default = "the device file's" if converter_bits is None else converter_bits
+        for name in ("dac_bits", "adc_bits"):
+            flag = "--" + name.replace("_", "-")
+            group.add_argument(flag, nargs="+", type=int, default=None if converter_bits is None else [converter_bits], help=f"{COMMON_KNOBS[name]}; one value (default: {default})")
     group.add_argument("--adc-range", type=float, default=None, help="ADC range (forward.out_bound) of the analog Linears (default: the device file's)")
     group.add_argument("--out-noise", type=float, default=None, help="output noise std (forward.out_noise) of every crossbar (default: the device file's)")
     group.add_argument("--tile-size", type=int, default=None, help=COMMON_KNOBS["tile_size"] + " (default: the device file's)")
     group.add_argument("--kernel-adc-range", type=float, default=DEFAULT_KERNEL_ADC_RANGE, help="ADC range of the fused SSM kernels, whose state columns read about x_t / (s_n·r_h), within ±1.5 (default: %(default)s)")
+    group.add_argument("--copies", type=int, default=1, help="devices per weight of the fused kernels, their currents summed on each column: k times the cells, programming and drift errors averaged (default: %(default)s)")
+    group.add_argument("--y-adc-range", type=float, default=None, help="the fused kernels' y column's own ADC range: the y read sums every mode and can exceed the state columns' range; 0: the kernel's (default: %(default)s)")
     group.add_argument("--kernel-out-noise", type=float, default=None, help="output noise std of the fused SSM kernels (default: as --out-noise)")
-    group.add_argument("--state-mapping", choices=STATE_MAPPINGS, default="balanced", help="how the fused kernels hold the state: balanced (every mode scaled to its channel's input range on the converters) or direct (as it is) (default: %(default)s)")
+    group.add_argument("--mapping", nargs="+", choices=MAPPINGS, default=list(mappings_default), help="how the fused kernels hold the system: direct (as [S24] draws it), balanced (every mode scaled to its channel's input range), incremental (balanced, the crossbar holding Ā − I and the periphery adding the state); why: aimc_ssm/analog/kernel.py (default: %(default)s)")
+    group.add_argument("--drift-compensation", choices=sorted(drift_compensations()), default=None, help="drift compensation of the analog Linears: " + COMMON_KNOBS["drift_compensation"] + " (default: the device file's)")
+    group.add_argument("--kernel-drift-compensation", choices=sorted(drift_compensations()), default=DEFAULT_KERNEL_DRIFT_COMPENSATION, help="drift compensation of the fused kernels: aihwkit's one-read global compensation misjudges their mostly-zero crossbars (aimc_ssm/analog/compensation.py), so they average their reads (default: %(default)s)")
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="dotted override of the device config for every crossbar, e.g. noise_model.prog_noise_scale=0.5; repeatable")
+
+
+def one_setting(name: str, value):
+    """The only value of a knob given as a list (the converter bits), for a study that uses one setting."""
+    if not isinstance(value, list):
+        return value
+    if len(value) != 1:
+        flag = "--" + name.replace("_", "-")
+        raise DeviceError(
+            f"{flag} takes one value in this study, not {' '.join(map(str, value))}: it uses one converter setting "
+            "(studies/adc_sweep.py sweeps them)"
+        )
+    return value[0]
 
 
 def add_model_flags(parser: argparse.ArgumentParser, default_bits: list[int]) -> None:
     parser.add_argument("--bits", nargs="+", type=int, default=default_bits, help="bit widths of the PTQ and QAT models (default: %(default)s)")
-    parser.add_argument(
-        "--recipe", choices=RECIPES, default="z25",
-        help="quantizers: z25 = PrecisionSpec.z25(bits) ([Z25]: percentile-clipped asymmetric, state 16 bits), "
-        "uniform = PrecisionSpec.uniform(bits) (every component symmetric abs-max at bits) (default: %(default)s)",
-    )
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25-state16", help=f"quantizer recipe ({recipe_help()}) (default: %(default)s)")
 
 
 # -- devices ----------------------------------------------------------------------------------------
@@ -83,25 +109,39 @@ class DeviceSettings:
     settings: dict = field(default_factory=dict)  # dotted overrides (--set)
     kernel_adc_range: float = DEFAULT_KERNEL_ADC_RANGE
     kernel_out_noise: float | None = None
-    state_mapping: str = "balanced"  # of the fused kernels, see aimc_ssm.analog
+    kernel_drift_compensation: str | None = DEFAULT_KERNEL_DRIFT_COMPENSATION  # None: the device file's
+    copies: int = 1  # devices per weight of the fused kernels
+    y_adc_range: float | None = None  # the kernels' y column's own ADC range
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, swept: tuple[str, ...] = ()) -> "DeviceSettings":
-        """The settings of the device flags; `swept` names knobs the study sets itself at every point."""
+    def from_args(cls, args: argparse.Namespace, swept: tuple[str, ...] = (), noise_scales=()) -> "DeviceSettings":
+        """The settings of the device flags; `swept` names knobs the study sets itself at every point.
+
+        The configs of the device as described and at every scale in `noise_scales` (those the study
+        will ask for) are built now, so that a device that cannot give them (noise that cannot be
+        scaled, say) fails with the device's message before training, not in the middle of a sweep.
+        """
         names = [name for name in COMMON_KNOBS if name not in swept]
-        knobs = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+        knobs = {name: one_setting(name, getattr(args, name)) for name in names if getattr(args, name, None) is not None}
         settings = cls(
-            args.device, knobs, parse_settings(args.settings), args.kernel_adc_range, args.kernel_out_noise, args.state_mapping
+            args.device, knobs, parse_settings(args.settings), args.kernel_adc_range, args.kernel_out_noise,
+            args.kernel_drift_compensation, args.copies, args.y_adc_range or None,
         )
-        settings.configs()  # fail now, with the device's message, not in the middle of a sweep
+        for scale in dict.fromkeys([1.0, *noise_scales]):
+            settings.configs(noise_scale=scale)
         return settings
 
     def as_dict(self) -> dict:
         return {
             "device": self.device, "knobs": self.knobs, "settings": self.settings,
             "kernel_adc_range": self.kernel_adc_range, "kernel_out_noise": self.kernel_out_noise,
-            "state_mapping": self.state_mapping,
+            "kernel_drift_compensation": self.kernel_drift_compensation,
+            "copies": self.copies, "y_adc_range": self.y_adc_range,
         }
+
+    def kernel_options(self) -> dict:
+        """The fused kernels' own options (aimc_ssm.analog.deploy.to_analog)."""
+        return {"copies": self.copies, "y_adc_range": self.y_adc_range}
 
     def base_config(self):
         """The device with the study's dotted overrides, before any knob."""
@@ -124,6 +164,8 @@ class DeviceSettings:
         if linear.forward.is_perfect:  # no converters and no output noise: nothing kernel-specific
             return linear, copy.deepcopy(linear)
         kernel_knobs = {**merged, "adc_range": self.kernel_adc_range}
+        if self.kernel_drift_compensation is not None:
+            kernel_knobs["drift_compensation"] = self.kernel_drift_compensation
         if self.kernel_out_noise is not None:
             kernel_knobs["out_noise"] = noise_scale * self.kernel_out_noise
         return linear, load_device(self.device, **overrides, **kernel_knobs)
@@ -152,14 +194,6 @@ class StudyModel:
     model: S4DModel
 
 
-def precision_spec(recipe: str, bits: int) -> PrecisionSpec:
-    if recipe == "z25":
-        return PrecisionSpec.z25(bits)
-    if recipe == "uniform":
-        return PrecisionSpec.uniform(bits)
-    raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
-
-
 def study_models(zoo: ModelZoo, bits: list[int], recipe: str, methods=("float", "ptq", "qat")) -> list[StudyModel]:
     """The float model and its PTQ and QAT versions at every bit width (trained once, from the caches).
 
@@ -168,7 +202,7 @@ def study_models(zoo: ModelZoo, bits: list[int], recipe: str, methods=("float", 
     if "float" in methods:
         models.append(StudyModel("float", "float", 32, zoo.float_model))
     for b in bits:
-        spec = precision_spec(recipe, b)
+        spec = recipe_spec(recipe, b)
         if "ptq" in methods:
             models.append(StudyModel(f"ptq-{b}", "ptq", b, zoo.ptq(spec)))
         if "qat" in methods:
@@ -177,6 +211,23 @@ def study_models(zoo: ModelZoo, bits: list[int], recipe: str, methods=("float", 
             except DivergenceError as err:
                 print(f"left out qat-{b}: its fine-tuning diverged ({err})")
     return models
+
+
+def kernel_hwa_entry(
+    zoo: ModelZoo, base: StudyModel, devices: DeviceSettings, calibration: torch.Tensor, hwa: KernelHWA, epochs: int, lr: float,
+    linear_noise: float,
+) -> StudyModel:
+    """`base` fine-tuned for `epochs` at learning rate `lr` through a differentiable simulation of its deployment on the study's
+    device (aimc_ssm.analog.hwa: the kernels' mapped cells drawing the device's programming noise and drift,
+    its converters, output noise; Linear weight noise `linear_noise`), trained once (aimc_ssm.cache)."""
+    _, kernel_config = devices.configs()
+    peaks = measure_signals(base.model.to(calibration.device), calibration, state_quantizer=False)
+    train_cfg = replace(zoo.setup.finetune, epochs=epochs, lr=lr, ssm_lr=lr, mode="recurrent")
+    model = cache.kernel_hwa_model(
+        base.model, zoo.setup.model, (zoo.setup.train, zoo.setup.finetune), train_cfg, {"base": base.name},
+        kernel_config, devices.as_dict(), peaks, hwa, linear_noise, zoo.models_dir, zoo.progress,
+    )
+    return StudyModel(f"hwa-{base.name}", "hwa", base.bits, model)
 
 
 def study_key(zoo: ModelZoo, **settings) -> str:
@@ -190,17 +241,6 @@ def calibration_inputs(zoo: ModelZoo) -> torch.Tensor:
     return torch.cat([x for x, _ in zoo.calibration_batches(DAC_CALIBRATION_BATCHES)])
 
 
-def without_state_requantization(model: S4DModel) -> S4DModel:
-    """A copy of `model` whose recurrence does not re-quantize the state (the model itself if it does not)."""
-    if not requantizes_state(model):
-        return model
-    model = copy.deepcopy(model)
-    for block in model.blocks:
-        if block.ssm.quant is not None:
-            block.ssm.quant.state = ComplexQuantizer(FLOAT)
-    return model
-
-
 class Deployer:
     """Puts one model on crossbars at any number of device settings, measuring its signals once.
 
@@ -211,18 +251,21 @@ class Deployer:
     (see the module docstring).
     """
 
-    def __init__(self, model: S4DModel, calibration: torch.Tensor, state_mapping: str = "balanced"):
-        self.source = without_state_requantization(model).to(calibration.device)
+    def __init__(self, model: S4DModel, calibration: torch.Tensor, mapping: str = "balanced", **kernel_options):
+        self.source = model.to(calibration.device)
         self.calibration = calibration
-        self.state_mapping = state_mapping
+        self.mapping, self.kernel_options = mapping, kernel_options
         self.peaks: dict | None = None
 
     def __call__(self, configs) -> S4DModel:
         linear_config, kernel_config = configs
         if self.peaks is None:
-            self.peaks = measure_signals(self.source, self.calibration)
-        analog = to_analog(self.source, linear_config, ssm_rpu_config=kernel_config, state_mapping=self.state_mapping)
-        apply_signal_peaks(analog, self.peaks, self.state_mapping)
+            self.peaks = measure_signals(self.source, self.calibration, state_quantizer=False)
+        analog = to_analog(
+            self.source, linear_config, ssm_rpu_config=kernel_config, mapping=self.mapping, state_quantizer=False,
+            **self.kernel_options,
+        )
+        apply_signal_peaks(analog, self.peaks, self.mapping)
         return analog
 
 
@@ -238,78 +281,34 @@ def analog_accuracies(
     seed: int,
     t_inference: float | None,
     device: torch.device,
-) -> list[float]:
-    """Accuracy of `analog` on `batches` for `repeats` seeded noise draws.
+) -> list[Draw]:
+    """Accuracy of `analog` on `batches` and its unstable channels, for `repeats` seeded noise draws.
 
     Each repeat draws fresh programming noise and lets the devices drift to t_inference seconds
-    (aimc_ssm.analog.program); t_inference None leaves the tiles at their target weights (no
-    programming, drift or read noise). Output noise is drawn in the forward, from the same seed.
+    (aimc_ssm.analog.deploy.program); t_inference None leaves the tiles at their target weights (no
+    programming, drift or read noise). Output noise is drawn in the forward, from the same seed. The
+    unstable channels (spectral radius >= 1 of the programmed kernels, aimc_ssm.analog.stability)
+    say why a draw is at chance; None where the tiles cannot be read back (compiled tiles).
     """
-    accuracies = []
+    draws = []
     for repeat in range(repeats):
         torch.manual_seed(seed_for(seed, repeat))
         if t_inference is not None:
             program(analog, t_inference)
-        accuracies.append(evaluate(analog, batches, "recurrent", device))
-    return accuracies
+        draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog)))
+    return draws
 
 
-# -- relative Gaussian weight noise on the state matrix ([S25]) ------------------------------------------
-NOISE_TARGETS = ("A", "A_bar")
+@dataclass
+class Draw:
+    """One noise draw of a deployed model: its accuracy, and how many of its kernels' channels are unstable."""
+
+    accuracy: float
+    unstable_channels: int | None
 
 
-class NoisySSMQuantization(SSMQuantization):
-    """An S4D layer's quantization plus relative Gaussian noise on its state matrix, drawn at every forward.
-
-    target "A": the continuous A, Re and Im each with std 2·sigma·max|·| (sigma of the range
-    [-max|·|, max|·|]), before discretization and any quantizer, as [S25]; "A_bar": the deployed Ā,
-    after its quantizer, as a crossbar holding Ā would perturb it. The noise is aihwkit's ADD_NORMAL
-    weight modifier (aimc_ssm.analog.training_noise), so gradients pass straight through it and the
-    same layer trains hardware-aware with aimc_ssm.train.fit.
-    """
-
-    def __init__(self, spec: PrecisionSpec, sigma: float, target: str):
-        super().__init__(spec)
-        if target not in NOISE_TARGETS:
-            raise ValueError(f"unknown noise target {target!r}; choose one of {NOISE_TARGETS}")
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.sigma, self.target = sigma, target
-        self.modifier = training_noise("add", 2 * sigma)
-
-    def perturb(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.complex(inject_weight_noise(z.real, self.modifier), inject_weight_noise(z.imag, self.modifier))
-
-    def ssm_parameters(self, ssm):
-        if self.sigma == 0:
-            return super().ssm_parameters(ssm)
-        if self.target == "A":
-            return super().ssm_parameters(NoisyContinuousA(ssm, self.perturb))
-        dA, dB, C, D = super().ssm_parameters(ssm)
-        return self.perturb(dA), dB, C, D
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, sigma={self.sigma}, target={self.target}"
-
-
-class NoisyContinuousA:
-    """An S4D layer seen through `perturb` on its continuous A; everything else is the layer's."""
-
-    def __init__(self, ssm, perturb):
-        self.ssm, self.perturb = ssm, perturb
-
-    def __getattr__(self, name):
-        return getattr(self.ssm, name)
-
-    def continuous_parameters(self):
-        dt, A, B, C = self.ssm.continuous_parameters()
-        return dt, self.perturb(A), B, C
-
-
-def with_weight_noise(model: S4DModel, sigma: float, target: str) -> S4DModel:
-    """A copy of `model` (float or quantized) whose SSMs draw relative Gaussian noise on A or Ā every forward."""
-    model = copy.deepcopy(model)
-    spec = precision_of(model) or PrecisionSpec.float()
-    for block in model.blocks:
-        install_quantization(block.ssm, NoisySSMQuantization(spec, sigma, target))
-    return model
+def unstable_channels_of(analog: S4DModel) -> int | None:
+    try:
+        return unstable_channels(analog)
+    except ValueError:  # compiled tiles keep their weights in C++: nothing to read back
+        return None

@@ -13,15 +13,27 @@ Components (COMPONENTS):
     coder   the weights of the encoder and decoder Linears (biases of all Linears stay float)
 
 The same spec drives post-training quantization and quantization-aware training
-(aimc_ssm.quantize.quantize_). `bits(component)` counts float as 32, as the hardware metrics do.
+(aimc_ssm.quant.quantize.quantize_). `bits(component)` counts float as 32, as the hardware metrics do.
+
+Recipes (RECIPES, `recipe_spec(name, bits)`): the one registry of named specifications at b bits that
+studies, the search, the CLI and the docs use; each name is one specification:
+
+    z25          [Z25]'s quantizers (percentile-clipped, asymmetric, per channel for Ā, B̄, C) with every
+                 component at b bits, the state too, and the conv-mode state proxy on, so that QAT in
+                 conv mode sees the state's precision: the quantization sweeps and the search
+    z25-state16  the same quantizers at b bits with the state at [Z25]'s default 16 bits and no proxy:
+                 the deployment studies' PTQ and QAT models (on a crossbar the converters quantize the state)
+    s25          [S25]'s QS4D quantizers: symmetric abs-max per tensor, continuous A, B and D float
+    uniform      every component symmetric abs-max per tensor at b bits
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Callable
 
+from ..io import from_dict_strict
 from .quantizers import FLOAT, Z25_PERCENTILE, QuantizerConfig
-from .configs import from_dict_strict
 
 COMPONENTS = ("A", "B", "C", "D", "dt", "state", "act", "mixing", "coder")
 PARAMETERIZATIONS = ("continuous", "cartesian", "polar")
@@ -154,7 +166,7 @@ class PrecisionSpec:
         """[Z25]: percentile-clipped (99.999) uniform quantizers with clipped STE; per channel for the
         SSM's A, B̄, C, per tensor for D (one value per channel would be stored exactly), the
         activations and the Linear weights; the state re-quantized every step at `state_bits`.
-        `ranges="static"` calibrates them instead (aimc_ssm.quantize.calibrate)."""
+        `ranges="static"` calibrates them instead (aimc_ssm.quant.quantize.calibrate)."""
         per_tensor = QuantizerConfig(bits, scheme, Z25_PERCENTILE, "tensor", ranges, "clipped")
         per_channel = replace(per_tensor, granularity="channel")
         return cls(
@@ -189,3 +201,39 @@ class PrecisionSpec:
             parameterization="continuous",
             conv_state_proxy=True,
         )
+
+
+# -- the recipe registry ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """A named family of specifications: `build(bits)` is the spec at b bits."""
+
+    name: str
+    description: str
+    build: Callable[[int], PrecisionSpec]
+
+
+RECIPES = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            "z25", "[Z25] quantizers, every component (state too) at b bits, conv-mode state proxy",
+            lambda b: PrecisionSpec.z25(b, state_bits=b).replace(conv_state_proxy=True),
+        ),
+        Recipe("z25-state16", "[Z25] quantizers at b bits, the state at 16 bits", lambda b: PrecisionSpec.z25(b)),
+        Recipe("s25", "[S25] QS4D: symmetric abs-max per tensor, continuous A; B, D float", PrecisionSpec.s25),
+        Recipe("uniform", "every component symmetric abs-max per tensor at b bits", PrecisionSpec.uniform),
+    )
+}
+
+
+def recipe_spec(name: str, bits: int) -> PrecisionSpec:
+    """The specification of recipe `name` (RECIPES) at `bits`."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name].build(bits)
+
+
+def recipe_help() -> str:
+    """One line per recipe, for a --recipe flag's help."""
+    return "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values())

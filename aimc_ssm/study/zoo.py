@@ -1,10 +1,10 @@
 """The models a quantization study compares, each built once, and their accuracy as deployed.
 
     zoo = ModelZoo(study_setup(args), args.models_dir)
-    zoo.float_model                        trained once (aimc_ssm.train.trained_model's cache)
+    zoo.float_model                        trained once (aimc_ssm.cache.float_model)
     zoo.ptq(spec)                          a PTQ copy of it (calibrated on training batches if static)
     zoo.qat(spec)                          fine-tuned from it with the quantizers on, once per spec
-                                           (aimc_ssm.quantize.qat_model's cache)
+                                           (aimc_ssm.cache.qat_model)
     zoo.accuracy(model, split, mode)       accuracy on the study's subset of a split
     zoo.spec_accuracy(spec, method, ...)   both steps at once: method "float", "ptq" or "qat"
     zoo.key                                hash of the setup, for the rows of a results table
@@ -21,19 +21,25 @@ runs the recurrence anyway.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import SequenceData, load_dataset
-from .model import S4DModel
-from .precision import PrecisionSpec
-from .quantize import CALIBRATION_BATCHES, first_training_batches, ptq_model, qat_model
-from .study import StudySetup
-from .train import DEFAULT_CACHE, DivergenceError, config_key, evaluate, resolve_device, trained_model
+from .. import cache
+from ..cache import DEFAULT_CACHE
+from ..core.data import SequenceData, load_dataset
+from ..core.model import S4DModel
+from ..core.train import DivergenceError, evaluate, first_training_batches, resolve_device
+from ..io import config_key
+from ..quant.metrics import report
+from ..quant.precision import PrecisionSpec, recipe_spec
+from ..quant.quantize import CALIBRATION_BATCHES, ptq_model
+from ..quant.search import DEFAULT_LADDER, SearchResult, SearchStep, check_ladder, greedy_search, resolve_cutoff
+from .harness import StudySetup
 
 METHODS = ("float", "ptq", "qat")
 SPLITS = ("train", "val", "test")
@@ -42,7 +48,7 @@ MODES = ("conv", "recurrent")
 
 def requantizes_state(model: S4DModel) -> bool:
     """Whether any layer of `model` re-quantizes its state in recurrent mode."""
-    return any(block.ssm.quant is not None and block.ssm.quant.requantizes_state for block in model.blocks)
+    return any(block.ssm.requantizes_state() for block in model.blocks)
 
 
 def forward_for(mode: str, state_requantized: bool, exact_recurrence: bool = False) -> str:
@@ -81,11 +87,11 @@ class ModelZoo:
 
     @cached_property
     def device(self) -> torch.device:
-        return resolve_device(self.setup.train.device)
+        return resolve_device(self.setup.train.compute)
 
     @cached_property
     def float_model(self) -> S4DModel:
-        model, _ = trained_model(self.setup.model, self.setup.train, self.models_dir, self.progress)
+        model, _ = cache.float_model(self.setup.model, self.setup.train, self.models_dir, self.progress)
         return model
 
     # -- data ------------------------------------------------------------------------------
@@ -110,7 +116,7 @@ class ModelZoo:
 
     def qat(self, spec: PrecisionSpec) -> tuple[S4DModel, dict]:
         """The float model fine-tuned with `spec`'s quantizers on (setup.finetune), and its training metrics."""
-        return qat_model(
+        return cache.qat_model(
             self.setup.model,
             self.setup.finetune,
             spec,
@@ -150,3 +156,44 @@ class ModelZoo:
             tqdm.write(f"QAT diverged, scored NaN: {err}")
             return math.nan
         return self.accuracy(model, split, mode)
+
+
+def search_precision(
+    zoo: ModelZoo,
+    *,
+    metric: str = "memory",
+    method: str = "ptq",
+    cutoff: float | None = None,
+    tolerance: float | None = None,
+    recipe: str = "z25",
+    ladder=DEFAULT_LADDER,
+    components=None,
+    split: str = "val",
+    mode: str = "recurrent",
+    known: dict[str, float] | None = None,
+    on_step: Callable[[SearchStep], None] | None = None,
+) -> SearchResult:
+    """Greedy search on the models of `zoo`: which bits keep the accuracy.
+
+    Starts from `recipe` at the ladder's first rung; accuracy is that of PTQ (method "ptq", fast) or
+    of QAT fine-tuning per candidate (method "qat", one cached run each), on `split` in `mode`
+    (recurrent: the deployed recurrence, the state re-quantized every step). The cutoff is `cutoff`,
+    or the float model's accuracy minus `tolerance` (default DEFAULT_TOLERANCE, one point); give one.
+    """
+    if method not in ("ptq", "qat"):
+        raise ValueError(f"unknown search method {method!r}; choose 'ptq' (fast) or 'qat' (fine-tunes every candidate)")
+    ladder = check_ladder(ladder)
+    reference = zoo.spec_accuracy(None, "float", split, mode)
+    result = greedy_search(
+        recipe_spec(recipe, ladder[0]),
+        lambda spec: zoo.spec_accuracy(spec, method, split, mode),
+        lambda spec: report(zoo.setup.model, spec, zoo.float_model),
+        cutoff=resolve_cutoff(reference, cutoff, tolerance),
+        metric=metric,
+        components=components,
+        ladder=ladder,
+        known=known,
+        on_step=on_step,
+        progress=zoo.progress,
+    )
+    return replace(result, reference_accuracy=reference)

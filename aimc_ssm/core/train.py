@@ -1,4 +1,4 @@
-"""Seeded, resumable training with atomic best-val checkpoints and a trained-model cache.
+"""Seeded, resumable training with atomic best-val checkpoints (the train-once caches: aimc_ssm.cache).
 
 A run directory holds
     last.pt       model + optimizer + scheduler state after the latest epoch (resume point)
@@ -8,12 +8,9 @@ All files are written atomically (temporary file, then rename), so a kill never 
 """
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import math
-import os
-import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,18 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..io import atomic_write, from_dict_strict, load_checkpoint, package_versions, save_checkpoint
 from .data import SequenceData, load_dataset, make_loaders
 from .model import ModelConfig, S4DModel, parameter_groups
-from .configs import from_dict_strict
-
-DEFAULT_CACHE = Path("results/models")
 
 
 @dataclass
 class TrainConfig:
     """How a model is trained. The defaults train the [Z25] model on the embedded sMNIST digits."""
 
-    dataset: str = "smnist"  # see aimc_ssm.data.DATASETS
+    dataset: str = "smnist"  # see aimc_ssm.core.data.DATASETS
     data_dir: str | None = None  # directory with the files of "mnist" / "scifar"
     permuted: bool = False
     seed: int = 0
@@ -43,7 +38,7 @@ class TrainConfig:
     lr: float = 2e-2  # AdamW lr of everything but the SSM's log_dt and A
     weight_decay: float = 0.01
     ssm_lr: float = 1e-3  # lr of log_dt and A, which get no weight decay
-    device: str = "auto"  # "auto", "cpu" or "cuda"
+    compute: str = "auto"  # torch device: "auto", "cpu" or "cuda" (not part of a model's identity)
     mode: str = "conv"  # training forward: "conv" (fast) or "recurrent" (exact deployment, slow)
     val_mode: str | None = None  # mode that picks the best epoch; None: the training mode
 
@@ -54,8 +49,8 @@ class TrainConfig:
             raise ValueError(f"val_mode must be 'conv', 'recurrent' or None (the training mode), got {self.val_mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.compute not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"compute must be 'auto', 'cpu' or 'cuda', got {self.compute!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -70,44 +65,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu or auto")
+        raise ValueError("compute 'cuda' was asked for but torch sees no GPU; use --compute cpu or auto")
     return torch.device(name)
-
-
-def package_versions() -> dict:
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    try:
-        import aihwkit
-
-        versions["aihwkit"] = str(aihwkit.__version__)
-    except ImportError:
-        pass
-    from . import __version__
-
-    versions["aimc_ssm"] = __version__
-    return versions
-
-
-def atomic_write(path: Path, write, mode: str = "w") -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()
@@ -140,7 +99,7 @@ def fit(
     and of anything applied to it, such as a precision spec) goes into every checkpoint.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.compute)
     torch.manual_seed(cfg.seed)
     model.to(device)
     train_loader, val_loader, test_loader = make_loaders(data, cfg.batch_size, cfg.seed)
@@ -213,30 +172,17 @@ def fit(
     return metrics
 
 
-def config_key(*configs) -> str:
-    """Stable short hash of dataclasses/dicts; the training device is not part of a model's identity."""
-    payload = []
-    for c in configs:
-        d = asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c)
-        d.pop("device", None)
-        payload.append(d)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, progress: bool = True):
-    """Build, train and return (model, metrics); resumes an interrupted run in run_dir."""
-    data = training_data(model_cfg, train_cfg)
-    torch.manual_seed(train_cfg.seed)
-    model = S4DModel(model_cfg)
-    metrics = fit(model, data, train_cfg, run_dir, {"model": model_cfg.to_dict()}, progress)
-    return model.cpu(), metrics
-
-
 def training_data(model_cfg: ModelConfig, train_cfg: TrainConfig) -> SequenceData:
     """The dataset `train_cfg` names, checked against the model's input and output sizes."""
     data = load_dataset(train_cfg.dataset, root=train_cfg.data_dir, permuted=train_cfg.permuted, seed=train_cfg.seed)
     check_data_fits(model_cfg, data)
     return data
+
+
+def first_training_batches(data: SequenceData, train_cfg: TrainConfig, count: int) -> list:
+    """The first `count` training batches in the seeded training order: what static ranges calibrate on."""
+    train_loader = make_loaders(data, train_cfg.batch_size, train_cfg.seed)[0]
+    return list(itertools.islice(train_loader, count))
 
 
 def check_data_fits(model_cfg: ModelConfig, data: SequenceData) -> None:
@@ -270,19 +216,3 @@ def load_model(run_dir: Path, prepare: Callable[[S4DModel, dict], None] | None =
         prepare(model, ckpt["meta"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), json.loads((run_dir / "metrics.json").read_text())
-
-
-def float_run_dir(model_cfg: ModelConfig, train_cfg: TrainConfig, cache_dir: Path = DEFAULT_CACHE) -> Path:
-    """Where the float model of these configs is trained and cached: cache_dir/float-<config hash>."""
-    return Path(cache_dir) / f"float-{config_key(model_cfg, train_cfg)}"
-
-
-def trained_model(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, cache_dir: Path = DEFAULT_CACHE, progress: bool = True
-) -> tuple[S4DModel, dict]:
-    """The float model for these configs: trained once, then read from `float_run_dir`."""
-    run_dir = float_run_dir(model_cfg, train_cfg, cache_dir)
-    if (run_dir / "metrics.json").exists():
-        return load_model(run_dir)
-    model, metrics = train(model_cfg, train_cfg, run_dir, progress)
-    return model.eval(), metrics

@@ -2,7 +2,7 @@
 
 Precision is a mapping ``bits: component -> bits`` over ``COMPONENTS`` = A, B, C, D, dt, state,
 act, mixing, coder. A component left out is float, and float counts as 32 bits. Any object with a
-``.bits(name)`` method (such as ``aimc_ssm.precision.PrecisionSpec``) may be passed instead.
+``.bits(name)`` method (such as ``aimc_ssm.quant.precision.PrecisionSpec``) may be passed instead.
 
 Symbols: H = d_model, N = d_state (the real state size: N/2 complex modes, Re and Im each count),
 L = n_layers, r_X = bits of X, r_lin = bits of the mixing, r_coder = bits of encoder/decoder,
@@ -54,10 +54,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .model import ModelConfig
+from ..core.model import ModelConfig
+from ..core.s4d import S4D
 from .precision import COMPONENTS, FLOAT_BITS
 from .quantizers import SCHEMES
-from .s4d import S4D
 
 METADATA_BITS = 32  # one scale or one zero point
 GRANULARITIES = ("per_tensor", "per_channel")

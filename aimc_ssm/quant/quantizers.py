@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from .configs import from_dict_strict
+
+from ..io import from_dict_strict
 
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel")
@@ -53,7 +54,7 @@ class QuantizerConfig:
             of |x| for symmetric, of x at p and 100 - p for asymmetric. None picks the recipes'
             choices: 99.999 for asymmetric ([Z25]), 100 (abs-max) for symmetric ([S25]).
         granularity: "tensor" (one range) or "channel" (one range per channel; which axis is the
-            channel is fixed by the tensor's role, see aimc_ssm.quantize).
+            channel is fixed by the tensor's role, see aimc_ssm.quant.quantize).
         ranges: "dynamic" (from each tensor quantized) or "static" (calibrated, then frozen).
         ste: straight-through gradient, "identity" (everywhere, [S25]) or "clipped" (zero where x
             fell outside the grid's range, [Z25]).
@@ -248,7 +249,7 @@ class FakeQuantizer(nn.Module):
         planes: axis 0 holds the two planes of a complex tensor, each with ranges of its own.
 
     Static ranges live in the buffers `lo` and `hi` (None until calibrated), shaped by the kept axes
-    only, so they travel with `state_dict`. While `observing` is set (see aimc_ssm.quantize.calibrate)
+    only, so they travel with `state_dict`. While `observing` is set (see aimc_ssm.quant.quantize.calibrate)
     the quantizer records ranges and passes its input through unchanged.
     """
 
@@ -289,7 +290,7 @@ class FakeQuantizer(nn.Module):
         if self.lo is None:
             raise RuntimeError(
                 f"static quantizer {self.name or 'FakeQuantizer'!r} has no range yet: run "
-                "aimc_ssm.quantize.calibrate(model, batches, mode) in the mode that uses it (the state "
+                "aimc_ssm.quant.quantize.calibrate(model, batches, mode) in the mode that uses it (the state "
                 "exists only in 'recurrent' mode, its conv-mode proxy only in 'conv'), or use ranges='dynamic'"
             )
         shape = [x.shape[d] if d in kept else 1 for d in range(x.dim())]

@@ -9,7 +9,7 @@ real tensor operations over batch, channels and modes at once (`quantized_scan`,
 `quantized_scan_ref` is the plain twin, looping over time and channel; it performs the same float
 operations in the same order, so both take the same rounding decisions and the tests hold them equal.
 
-`quant` is the layer's SSMQuantization (aimc_ssm.quantize): its `state` ComplexQuantizer and, when
+`quant` is the layer's SSMQuantization (aimc_ssm.quant.quantize): its `state` ComplexQuantizer and, when
 partial products are quantized, `partial_Ax` and `partial_Bu`.
 """
 from __future__ import annotations
@@ -137,9 +137,14 @@ def _scan_no_grad(u, A, B, C2, D, quant, x) -> torch.Tensor:
 
 
 # -- reference twin -------------------------------------------------------------------------
-def _round_ref(v, scale, q_lo, span, offset):
-    q = torch.clamp(torch.round(v / scale - offset if offset else v / scale), q_lo, q_lo + span)
-    return (q + offset if offset else q) * scale
+def _round_ref(v, scale, q_lo, span, offset, clipped):
+    """v onto the grid, with the quantizers' straight-through gradient (zero outside the grid if clipped)."""
+    q = torch.round(v / scale - offset if offset else v / scale)
+    inside = (q >= q_lo) & (q <= q_lo + span)
+    q = torch.clamp(q, q_lo, q_lo + span)
+    rounded = (q + offset if offset else q) * scale
+    through = v * inside if clipped else v
+    return through + (rounded - through).detach()
 
 
 def _pick(value, plane: int, h: int):
@@ -159,19 +164,22 @@ def _quantize_channels_ref(quantizer: ComplexQuantizer, values: list) -> list:
     if quantizer.form == "polar":
         values = [(torch.complex(re, im).abs(), torch.complex(re, im).angle()) for re, im in values]
     stacked = torch.stack([torch.stack(pair) for pair in values], dim=2)  # (2, B, H, n)
-    g = quantizer.parts.grid(stacked)
+    g = quantizer.parts.grid(stacked.detach())  # the grid is a constant to the gradient, as in the fast path
+    clipped = quantizer.parts.config.ste == "clipped"
     out = []
     for h, pair in enumerate(values):
-        first, second = (_round_ref(v, _pick(g.scale, p, h), _pick(g.q_lo, p, h), g.span, g.offset) for p, v in enumerate(pair))
+        first, second = (
+            _round_ref(v, _pick(g.scale, p, h), _pick(g.q_lo, p, h), g.span, g.offset, clipped) for p, v in enumerate(pair)
+        )
         if quantizer.form == "polar":
             first, second = polar_to_cartesian(torch.stack((first, second)))
         out.append((first, second))
     return out
 
 
-@torch.no_grad()
 def quantized_scan_ref(u: torch.Tensor, params, quant, x0: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference twin of `quantized_scan`: loops over time and channel, plain per-channel arithmetic."""
+    """Reference twin of `quantized_scan`: loops over time and channel, plain per-channel arithmetic;
+    differentiable, with the quantizers' straight-through gradients."""
     dA, dB, C, D = params
     batch, L, H = u.shape
     zeros = u.new_zeros(batch, dA.shape[-1])

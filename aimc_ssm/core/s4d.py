@@ -11,11 +11,19 @@ Everything downstream (quantization, analog tiles, metrics) reads the discrete s
 `S4D.ssm_parameters()`, so the two modes and every simulator see the same numbers.
 Layout is (batch, length, channels) throughout.
 
-Quantization hook: `S4D.quant` is None (float) or the SSMQuantization that
-`aimc_ssm.quantize.quantize_` attaches. With it, `ssm_parameters()` returns the quantized system,
-convolution mode passes the kernel and input through `quant.conv_operands`, and when
-`quant.requantizes_state` the recurrence (`step`, `scan`) runs `quant.step` / `quant.scan`, which
-re-quantize the state every step. Without it every result is that of the float layer, bit for bit.
+The transform chain. Between the trainable parameters and the deployed system sit the layer's
+`transforms`, at most one of each kind in TRANSFORM_KINDS, composed in a declared order (TRANSFORM_ORDER):
+continuous hooks act on (dt, A, B, C) before discretization, discrete hooks on (Ā, B̄, C, D) after it.
+
+    quantization  aimc_ssm.quant.quantize.SSMQuantization (`quantize_`): the grids of every parameter;
+                  convolution mode passes kernel and input through its `conv_operands`, and where it
+                  `requantizes_state` the recurrence runs its `step` / `scan`
+    noise         aimc_ssm.analog.hwa.WeightNoise: relative Gaussian noise on A or Ā, every forward
+    pruning       aimc_ssm.quant.pruning.SSMMasks: zeroed modes and entries
+
+Noise on continuous A comes before A's quantizer ([S25]); on Ā after it, as a crossbar holding the
+quantized Ā perturbs it; masks come last, so a pruned entry is exactly zero whatever else acts.
+Without transforms every result is that of the float layer, bit for bit.
 """
 from __future__ import annotations
 
@@ -25,6 +33,11 @@ import torch
 from torch import nn
 
 A_INITS = ("lin", "lin-quarter")
+# optimizer hint of the SSM's dynamics (log dt, A): their own learning rate (TrainConfig.ssm_lr), no weight
+# decay, as the reference S4 code registers them
+SSM_OPTIM = {"lr": "ssm_lr", "weight_decay": 0.0}
+TRANSFORM_KINDS = ("quantization", "noise", "pruning")
+TRANSFORM_ORDER = {"continuous": ("noise", "quantization"), "discrete": ("quantization", "noise", "pruning")}
 DISCRETIZATIONS = ("zoh", "bilinear")
 
 
@@ -64,7 +77,7 @@ def discretize(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, method: str =
     return dA, dB
 
 
-def vandermonde_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
+def ssm_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
     """K_l = 2·Re Σ_n C_n B̄_n Ā_n^l for l < L: (H, n) complex -> (H, L) real."""
     l = torch.arange(L, device=dA.device, dtype=dA.real.dtype)  # (L,)
     # Ā^l as exp(l·log Ā); a mode quantized to exactly zero contributes only at l = 0.
@@ -73,8 +86,8 @@ def vandermonde_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: i
     return 2 * torch.einsum("hn,hnl->hl", C * dB, powers).real
 
 
-def kernel_ref(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
-    """Reference twin of `vandermonde_kernel`: powers of Ā by repeated multiplication."""
+def ssm_kernel_ref(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
+    """Reference twin of `ssm_kernel`: powers of Ā by repeated multiplication."""
     K = []
     power = torch.ones_like(dA)  # Ā^0
     for _ in range(L):
@@ -83,7 +96,7 @@ def kernel_ref(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> t
     return torch.stack(K, dim=-1)  # (H, L)
 
 
-def fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def causal_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Causal convolution y_t = Σ_{k≤t} K_k u_{t-k} via FFT of length 2L: u (B,L,H), K (H,L)."""
     L = u.shape[1]
     u_f = torch.fft.rfft(u, n=2 * L, dim=1)  # (B, L+1, H)
@@ -91,13 +104,26 @@ def fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(u_f * K_f, n=2 * L, dim=1)[:, :L]  # (B, L, H)
 
 
-def direct_conv_ref(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Reference twin of `fft_conv`: the causal sum, one lag at a time, no FFT."""
+def causal_conv_ref(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Reference twin of `causal_conv`: the causal sum, one lag at a time, no FFT."""
     B, L, H = u.shape
     y = torch.zeros_like(u)
     for k in range(L):
         y[:, k:] = y[:, k:] + K[:, k] * u[:, : L - k]
     return y
+
+
+class SSMTransform(nn.Module):
+    """One link of an S4D layer's transform chain (see the module docstring); each hook is an identity
+    unless a subclass overrides it. `ssm` is the layer, for what the hooks need besides the tensors."""
+
+    def continuous(self, ssm: "S4D", dt, A, B, C):
+        """(dt (H,), A, B, C (H, n)) before discretization -> the same, transformed."""
+        return dt, A, B, C
+
+    def discrete(self, ssm: "S4D", dA, dB, C, D):
+        """(Ā, B̄, C (H, n), D (H,)) after discretization -> the same, transformed."""
+        return dA, dB, C, D
 
 
 class S4D(nn.Module):
@@ -125,21 +151,56 @@ class S4D(nn.Module):
         H, n = d_model, d_state // 2
         self.d_model, self.d_state, self.discretization = H, d_state, discretization
 
+        self.optim_hints: dict[str, dict] = {}  # parameter name -> optimizer group, set where it is registered
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = nn.Parameter(log_dt)  # (H,)
+        self.register("log_dt", log_dt, optim=SSM_OPTIM)  # (H,)
         # S4D-Lin: A_n = -1/2 + i·π·n ("lin-quarter": π/4·n as later [S25] code)
         scale = math.pi if a_init == "lin" else math.pi / 4
-        self.log_A_real = nn.Parameter(torch.log(0.5 * torch.ones(H, n)))  # (H, n)
-        self.A_imag = nn.Parameter(scale * torch.arange(n).float().repeat(H, 1))  # (H, n)
-        B = torch.view_as_real(torch.ones(H, n, dtype=torch.cfloat))  # (H, n, 2)
-        if trainable_B:
-            self.B = nn.Parameter(B)
-        else:
-            self.register_buffer("B", B)
+        self.register("log_A_real", torch.log(0.5 * torch.ones(H, n)), optim=SSM_OPTIM)  # (H, n)
+        self.register("A_imag", scale * torch.arange(n).float().repeat(H, 1), optim=SSM_OPTIM)  # (H, n)
+        self.register("B", torch.view_as_real(torch.ones(H, n, dtype=torch.cfloat)), trainable=trainable_B)  # (H, n, 2)
         # C ~ complex normal with unit variance
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, n, dtype=torch.cfloat)))  # (H, n, 2)
-        self.D = nn.Parameter(torch.randn(H))  # (H,)
-        self.quant = None  # quantization hook, see the module docstring
+        self.register("C", torch.view_as_real(torch.randn(H, n, dtype=torch.cfloat)))  # (H, n, 2)
+        self.register("D", torch.randn(H))  # (H,)
+        self.transforms = nn.ModuleDict()  # the transform chain, see the module docstring
+
+    def register(self, name: str, tensor: torch.Tensor, trainable: bool = True, optim: dict | None = None) -> None:
+        """A parameter (a buffer if not trainable) with an optimizer hint: the settings of its group
+        (aimc_ssm.core.model.parameter_groups), kept on the module so that copies keep them too."""
+        if not trainable:
+            self.register_buffer(name, tensor)
+            return
+        self.register_parameter(name, nn.Parameter(tensor))
+        if optim is not None:
+            self.optim_hints[name] = optim
+
+    # -- the transform chain --------------------------------------------------------------------
+    def set_transform(self, kind: str, transform: SSMTransform | None) -> None:
+        """Put `transform` in the chain as its `kind` (replacing the one there), or remove it (None)."""
+        if kind not in TRANSFORM_KINDS:
+            raise ValueError(f"unknown transform kind {kind!r}; choose one of {TRANSFORM_KINDS}")
+        if transform is None:
+            if kind in self.transforms:
+                del self.transforms[kind]
+        elif not isinstance(transform, SSMTransform):
+            raise TypeError(f"a transform must be an SSMTransform, got {type(transform).__name__}")
+        else:
+            self.transforms[kind] = transform.to(self.D.device)
+
+    def transform(self, kind: str) -> SSMTransform | None:
+        return self.transforms[kind] if kind in self.transforms else None
+
+    @property
+    def quantization(self):
+        """The quantization transform, or None for a float layer."""
+        return self.transform("quantization")
+
+    def requantizes_state(self) -> bool:
+        """Whether the recurrence re-quantizes the state every step (the quantization says so)."""
+        return self.quantization is not None and self.quantization.requantizes_state
+
+    def _chain(self, stage: str):
+        return [self.transforms[kind] for kind in TRANSFORM_ORDER[stage] if kind in self.transforms]
 
     # -- parameters ---------------------------------------------------------------------
     def continuous_parameters(self):
@@ -151,16 +212,19 @@ class S4D(nn.Module):
     def ssm_parameters(self):
         """The deployed discrete system: Ā (H,n), B̄ (H,n), C (H,n) complex; D (H,) real.
 
-        Quantized when a quantization is attached (then Ā, B̄, C, D are those on the grid)."""
-        if self.quant is not None:
-            return self.quant.ssm_parameters(self)
+        Through the transform chain: quantized, perturbed and masked where those transforms are attached."""
         dt, A, B, C = self.continuous_parameters()
+        for t in self._chain("continuous"):
+            dt, A, B, C = t.continuous(self, dt, A, B, C)
         dA, dB = discretize(dt, A, B, self.discretization)
-        return dA, dB, C, self.D
+        D = self.D
+        for t in self._chain("discrete"):
+            dA, dB, C, D = t.discrete(self, dA, dB, C, D)
+        return dA, dB, C, D
 
     def kernel(self, L: int, params=None) -> torch.Tensor:
         dA, dB, C, _ = self.ssm_parameters() if params is None else params
-        return vandermonde_kernel(dA, dB, C, L)  # (H, L)
+        return ssm_kernel(dA, dB, C, L)  # (H, L)
 
     # -- the two modes --------------------------------------------------------------------
     def forward(self, u: torch.Tensor, mode: str = "conv") -> torch.Tensor:
@@ -174,9 +238,9 @@ class S4D(nn.Module):
     def forward_conv(self, u: torch.Tensor) -> torch.Tensor:
         params = self.ssm_parameters()
         K, u_conv, D = self.kernel(u.shape[1], params), u, params[3]  # (H, L), (B, L, H), (H,)
-        if self.quant is not None:  # the conv-mode stand-in for the state's precision, if any
-            K, u_conv = self.quant.conv_operands(K, u)
-        return fft_conv(u_conv, K) + D * u  # (B, L, H)
+        if self.quantization is not None:  # the conv-mode stand-in for the state's precision, if any
+            K, u_conv = self.quantization.conv_operands(K, u)
+        return causal_conv(u_conv, K) + D * u  # (B, L, H)
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.d_model, self.d_state // 2, dtype=torch.cfloat, device=self.D.device)
@@ -184,8 +248,8 @@ class S4D(nn.Module):
     def step(self, u_t: torch.Tensor, x: torch.Tensor, params=None):
         """One recurrent step: u_t (B, H), state x (B, H, n) -> (y_t (B, H), x_t)."""
         params = self.ssm_parameters() if params is None else params
-        if self.quant is not None and self.quant.requantizes_state:
-            return self.quant.step(u_t, x, params)
+        if self.requantizes_state():
+            return self.quantization.step(u_t, x, params)
         dA, dB, C, D = params
         x = dA * x + dB * u_t[..., None]  # (B, H, n)
         y = 2 * (C * x).sum(-1).real + D * u_t  # (B, H)
@@ -194,8 +258,8 @@ class S4D(nn.Module):
     def scan(self, u: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Whole sequence in recurrent mode: u (B, L, H) -> y (B, L, H)."""
         params = self.ssm_parameters()  # discretize once, not every step
-        if self.quant is not None and self.quant.requantizes_state:
-            return self.quant.scan(u, params, x)
+        if self.requantizes_state():
+            return self.quantization.scan(u, params, x)
         x = self.initial_state(u.shape[0]) if x is None else x
         ys = []
         for t in range(u.shape[1]):

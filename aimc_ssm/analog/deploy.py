@@ -1,0 +1,158 @@
+"""A trained S4D model on analog crossbars: conversion, calibration, programming and drift.
+
+    to_analog(model, rpu_config, ...)     a copy with aihwkit AnalogLinear layers and fused SSM kernels
+    measure_signals / apply_signal_peaks  static DAC ranges and the kernels' mapping from signals
+    program(model, t_inference)           aihwkit programming noise, then drift to t_inference seconds
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..core.model import S4DModel
+from ..quant.quantize import without_state_quantizer
+from .kernel import FusedS4D, check_mapping
+from .layout import signal_peaks
+
+DRIFT_TIMES = {"1s": 1.0, "1h": 3600.0, "1d": 86400.0, "1y": 365 * 86400.0}  # t_inference, seconds
+
+
+def digital_linear(module: nn.Module) -> nn.Linear:
+    """A plain nn.Linear with the weights a (possibly quantized) Linear computes with."""
+    if type(module) is nn.Linear:
+        return module
+    weight = module.weight  # a parametrized (fake-quantized) Linear computes its quantized weight here
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear.to(module.weight.device)
+
+
+def analog_linear(module: nn.Module, rpu_config) -> nn.Module:
+    """aihwkit's AnalogLinear from a (possibly quantized) Linear, via aihwkit's conversion."""
+    from aihwkit.nn.conversion import convert_to_analog
+
+    # convert_to_analog copies the config; the Linear is a fresh one or the caller's own copy's
+    return convert_to_analog(digital_linear(module), rpu_config, inplace=True).eval()
+
+
+def check_rpu_config(rpu_config) -> None:
+    from aihwkit.simulator.configs import InferenceRPUConfig
+
+    if not isinstance(rpu_config, InferenceRPUConfig):
+        raise ValueError(
+            f"expected an aihwkit inference RPU config, got {type(rpu_config).__name__}; "
+            "load one with aimc_ssm.analog.devices.load_device('pcm')"
+        )
+
+
+def to_analog(
+    model: S4DModel,
+    rpu_config,
+    *,
+    ssm_rpu_config=None,
+    calibration_inputs: torch.Tensor | None = None,
+    mapping: str = "balanced",
+    state_quantizer: bool = True,
+    copies: int = 1,
+    y_adc_range: float | None = None,
+) -> S4DModel:
+    """A copy of a trained (float, PTQ or QAT) S4DModel on analog crossbars, in eval mode.
+
+    Encoder, mixing and decoder become aihwkit AnalogLinear layers built from `rpu_config` (pure-PyTorch
+    or compiled tiles); each SSM becomes a `FusedS4D` on `ssm_rpu_config` (default: the same device).
+    Digital parts stay digital: activations, GLU, norms, and the quantizers a PTQ/QAT model applies
+    there. `calibration_inputs` (B, L, d_input) set every static DAC range and the kernels' `mapping`
+    (one of aimc_ssm.analog.kernel.MAPPINGS, see its module docstring) from the source model's signals
+    (`measure_signals`, `apply_signal_peaks`); without them the ranges keep the device's init value and the
+    state is mapped directly. The tiles hold the target weights until `program` applies programming noise and drift.
+    state_quantizer: whether a PTQ/QAT model's digital state quantizer runs in the kernels' periphery on
+    the fed-back state (aimc_ssm.analog.kernel); off, the converters are the state's only quantizers.
+    copies (devices per weight) and y_adc_range (the y column's own ADC range) are `FusedS4D`'s: see
+    aimc_ssm.analog.kernel.
+    """
+    check_rpu_config(rpu_config)
+    check_mapping(mapping)
+    ssm_rpu_config = rpu_config if ssm_rpu_config is None else ssm_rpu_config
+    check_rpu_config(ssm_rpu_config)
+    source = model
+    model = copy.deepcopy(model).eval()
+    model.encoder = analog_linear(model.encoder, rpu_config)
+    for block in model.blocks:
+        block.mixing = analog_linear(block.mixing, rpu_config)
+        block.ssm = FusedS4D(block.ssm, ssm_rpu_config, state_quantizer, copies=copies, y_adc_range=y_adc_range)
+    model.decoder = analog_linear(model.decoder, rpu_config)
+    if calibration_inputs is not None:
+        apply_signal_peaks(model, measure_signals(source, calibration_inputs, state_quantizer), mapping)
+    return model.eval()
+
+
+@torch.no_grad()
+def measure_signals(source: S4DModel, inputs: torch.Tensor, state_quantizer: bool = True) -> dict:
+    """What calibration needs of `source`'s signals on inputs (B, L, d_input), by module name: the
+    largest |input| of every Linear (encoder, mixing, decoder), `signal_peaks` of every SSM layer.
+    state_quantizer: whether the deployment re-quantizes the state digitally, as `to_analog`'s."""
+    if not state_quantizer:
+        source = without_state_quantizer(source)
+    was_training = source.training
+    source.eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = args[0].detach()
+
+        return hook
+
+    linears = ["encoder", "decoder"] + [f"blocks.{i}.mixing" for i in range(len(source.blocks))]
+    ssms = [f"blocks.{i}.ssm" for i in range(len(source.blocks))]
+    modules = dict(source.named_modules())
+    handles = [modules[name].register_forward_pre_hook(record(name)) for name in linears + ssms]
+    try:
+        source(inputs, "recurrent")
+    finally:
+        for handle in handles:
+            handle.remove()
+        source.train(was_training)
+    peaks: dict = {name: seen[name].abs().max().item() for name in linears}
+    for name in ssms:
+        dA, dB, _, _ = modules[name].ssm_parameters()
+        peaks[name] = signal_peaks(dA.detach(), dB.detach(), seen[name])
+    return peaks
+
+
+def apply_signal_peaks(analog_model: S4DModel, peaks: dict, mapping: str = "balanced") -> None:
+    """Set DAC ranges and the kernels' mapping from `measure_signals`: each crossbar gets the largest |u| and
+    mapped |x| its channel sees (`FusedS4D.calibrate_from_peaks`), each analog Linear the largest |input|.
+    Tiles without an input range keep none: perfect forwards (no DAC), and the Linear tiles of devices
+    that scale their inputs by noise management instead. One measurement serves any number of devices."""
+    modules = dict(analog_model.named_modules())
+    for name, peak in peaks.items():
+        if isinstance(modules[name], FusedS4D):
+            modules[name].calibrate_from_peaks(*peak, mapping)
+            continue
+        for tile in modules[name].analog_tiles():
+            if tile.input_range is not None:
+                tile.set_input_range(peak if peak > 0 else 1.0)
+
+
+@torch.no_grad()
+def program(analog_model: nn.Module, t_inference: float = 0.0, reprogram: bool = True) -> nn.Module:
+    """Program all tiles (aihwkit programming noise) and let them drift to t_inference seconds.
+
+    aihwkit's `program_analog_weights` draws fresh programming noise from the target weights;
+    `drift_analog_weights` applies drift and read noise up to t_inference and re-reads the global drift
+    compensation. reprogram=False keeps the programmed devices and only drifts them to a new time
+    (evaluate one chip at 1 s, 1 h, 1 d, 1 y: see DRIFT_TIMES).
+    """
+    from aihwkit.inference.utils import drift_analog_weights, program_analog_weights
+
+    analog_model.eval()
+    if reprogram:
+        program_analog_weights(analog_model, None)
+    drift_analog_weights(analog_model, t_inference)
+    return analog_model

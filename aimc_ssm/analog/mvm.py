@@ -1,0 +1,291 @@
+"""All crossbars of a layer in one vectorized analog matrix-vector product per step.
+
+`CrossbarStack.step` is aihwkit's torch-tile forward (input range, `AnalogMVM` with its noise and bound
+management, mapping scales, drift compensation) for every crossbar and the whole batch at once, in
+place; `CrossbarStack.step_ref` is its twin, aihwkit's `AnalogMVM.matmul` itself on the stack, and
+`tiles_forward` the tiles' own forward, one tile after the other.
+
+Column groups. A periphery with a per-column ADC gain reads some columns with their own ADC range. Both
+twins simulate it as `column_groups`: the output columns split into groups, each read by one aihwkit MVM
+with its own IO parameters (its own bound management, noise draws and converters), group after group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def fast_path_supports(io) -> bool:
+    """Whether `CrossbarStack.step` runs these IO settings: one pass, no asymmetry, noise management
+    none / constant / abs_max / max, bound management none / iterative (all a torch tile runs but asymmetry)."""
+    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType, NoiseManagementType
+
+    managed = (NoiseManagementType.NONE, NoiseManagementType.CONSTANT, NoiseManagementType.ABS_MAX, NoiseManagementType.MAX)
+    return io.is_perfect or (
+        io.mv_type == AnalogMVType.ONE_PASS
+        and io.noise_management in managed
+        and io.bound_management in (BoundManagementType.NONE, BoundManagementType.ITERATIVE)
+        and not (io.inp_asymmetry or io.out_asymmetry)
+    )
+
+
+def converter_step(res: float, bound: float) -> float:
+    """One level of an aihwkit converter in its normalized units: res of the full range 2·bound, or
+    (res > 1) the full range over res steps."""
+    return (1 / res if res > 1.0 else res) * 2 * bound
+
+
+def column_scales(tiles: list) -> torch.Tensor:
+    """aihwkit's digital mapping scale α of every output column of every tile: (H, out)."""
+    n_out = tiles[0].tile.weight.shape[0]
+    scales = [t.get_mapping_scales() for t in tiles]
+    return torch.stack([
+        t.tile.weight.new_ones(n_out) if s is None else s.detach().reshape(-1).expand(n_out) for t, s in zip(tiles, scales)
+    ])
+
+
+def column_groups(io, last_column_io, n_out: int) -> list[tuple[slice, object]]:
+    """The output columns read as one MVM each, with their IO parameters: all n_out columns with io, or,
+    given last_column_io, the others with io and then the last column with last_column_io. A perfect
+    forward has no converters to set apart: one group."""
+    if last_column_io is None or io.is_perfect:
+        return [(slice(0, n_out), io)]
+    return [(slice(0, n_out - 1), io), (slice(n_out - 1, n_out), last_column_io)]
+
+
+@dataclass
+class ColumnGroup:
+    """One group of a stack's output columns (`column_groups`) and what its MVM reads."""
+
+    columns: slice
+    io: object  # aihwkit IOParameters
+    weight: torch.Tensor  # (H, columns, in), contiguous: `step` and `step_ref` multiply the same operand
+    out_noise_values: torch.Tensor | None  # (H, 1, columns): aihwkit's per-output noise strengths
+    weight_t: torch.Tensor = field(init=False)  # aihwkit's bmm operand
+
+    def __post_init__(self):
+        self.weight_t = self.weight.permute(0, 2, 1)
+
+
+def tiles_forward(tiles: list, inputs: list[torch.Tensor], last_column_io=None) -> list[torch.Tensor]:
+    """Every tile's aihwkit forward (eval) on its input (B, in) -> (B, out), one tile after the other.
+
+    With last_column_io (torch tiles) the tile's MVM splits into `column_groups`: each group is one
+    `AnalogMVM.matmul` on the tile's weight rows of its columns, between the tile's own pre_forward (input
+    range) and post_forward (mapping scales, drift compensation) and learned output scaling; the groups
+    run one after the other, each over all tiles, in the order `CrossbarStack.step` draws their noise.
+    """
+    groups = column_groups(tiles[0].rpu_config.forward, last_column_io, tiles[0].out_size)
+    if len(groups) == 1:
+        return [tile(x) for tile, x in zip(tiles, inputs)]
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+    prepared = [tile.pre_forward(x, x.dim() - 1, is_test=True) for tile, x in zip(tiles, inputs)]
+
+    def read(tile, x, columns, io):
+        noise = tile.tile.out_noise_values
+        noise = None if noise is None else noise[columns]
+        return AnalogMVM.matmul(tile.tile.weight[columns], x, io, False, is_test=True, out_noise_values=noise)
+
+    reads = [[read(tile, x, columns, io) for tile, x in zip(tiles, prepared)] for columns, io in groups]
+    outputs = []
+    for tile, parts in zip(tiles, zip(*reads)):
+        out = torch.cat(parts, dim=-1)
+        outputs.append(tile.apply_out_scaling(tile.post_forward(out, out.dim() - 1, is_test=True)))
+    return outputs
+
+
+class CrossbarStack:
+    """The H crossbars of a layer stacked for one vectorized step: (H, B, in) -> (H, B, out).
+
+    Reads the tiles' current (programmed, drifted) weights and digital scales once per sequence.
+    `step` is aihwkit's torch tile forward (input range, `AnalogMVM` with its noise and bound management,
+    mapping scales, drift compensation) for all crossbars and the whole batch at once, in aihwkit's order of operations
+    and random draws but in place, in buffers reused every step: allocating fresh megabyte tensors
+    every step costs more than the arithmetic. `step_ref` is its twin, `AnalogMVM.matmul` itself on
+    the (H, out, in) stack; the two agree to the last bit, noise included.
+
+    last_column_io: IO parameters of the last output column, read as a group of its own (`column_groups`):
+    both twins then make two MVMs per step, the other columns with the tiles' IO parameters first.
+    """
+
+    def __init__(self, tiles: list, last_column_io=None):
+        self.io = tiles[0].rpu_config.forward
+        self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
+        self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
+        n_out = self.weight.shape[1]
+
+        def per_column(values):  # per tile (1,) or (out,) -> (H, 1, out)
+            return torch.stack([v.detach().reshape(-1).expand(n_out) for v in values])[:, None]
+
+        self.input_range = None
+        self.scale = column_scales(tiles)[:, None]
+        if tiles[0].input_range is not None:
+            self.input_range = torch.stack([t.input_range.detach().reshape(1, 1) for t in tiles])  # (H, 1, 1)
+            self.neg_input_range = -self.input_range
+            self.scale = self.input_range * self.scale  # post_forward: input range × mapping scales
+        compensated = tiles[0].rpu_config.drift_compensation is not None
+        self.drift_alpha = per_column(t.alpha for t in tiles) if compensated else None  # global or per column
+        learned = tiles[0].out_scaling_alpha is not None
+        self.out_scale = per_column(t.out_scaling_alpha for t in tiles) if learned else None
+        noisy_outputs = tiles[0].tile.out_noise_values is not None
+        self.out_noise_values = per_column(t.tile.out_noise_values for t in tiles) if noisy_outputs else None
+        self.groups = [
+            ColumnGroup(
+                columns, io, self.weight[:, columns].contiguous(),  # one group: the stack itself, no copy
+                None if self.out_noise_values is None else self.out_noise_values[:, :, columns],
+            )
+            for columns, io in column_groups(self.io, last_column_io, n_out)
+        ]
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def buffer(self, name: str, shape: tuple) -> torch.Tensor:
+        if name not in self.buffers or self.buffers[name].shape != shape:
+            self.buffers[name] = self.weight.new_empty(shape)
+        return self.buffers[name]
+
+    def quantize_(self, x: torch.Tensor, res: float, bound: float, stochastic: bool) -> torch.Tensor:
+        """aihwkit's UniformQuantize (x/res, round, ×res; res = 2·bound/steps), in place."""
+        res = converter_step(res, bound)
+        x.div_(res)
+        if stochastic:
+            # one buffer per shape: the DAC's and the ADC's would otherwise reallocate each other's every step
+            x.add_(self.buffer(f"rounding{tuple(x.shape)}", x.shape).uniform_(-0.5, 0.5))
+        return x.round_().mul_(res)
+
+    def step(self, inp: torch.Tensor) -> torch.Tensor:
+        """Digital inputs (H, B, in), overwritten -> digital outputs (H, B, out) in a buffer reused next step.
+
+        The input range, then `AnalogMVM.matmul` of every column group (`mvm_`), one after the other into
+        buffers of their own, then the periphery's digital scales on all columns.
+        """
+        H, B, _ = inp.shape
+        x = inp
+        out = self.buffer("output", (H, B, self.weight.shape[1]))
+        if self.input_range is not None:  # TorchInferenceTile.pre_forward
+            # clamp_min_/clamp_max_ equal clamp_ with both tensor bounds, whose CPU kernel has no
+            # vectorized loop for two broadcast operands (10x slower on the (H, B, N+2) input)
+            x.clamp_min_(self.neg_input_range).clamp_max_(self.input_range).div_(self.input_range)
+        if self.io.is_perfect:
+            torch.bmm(x, self.weight_t, out=out)
+            return self.periphery_out_(out)
+        if len(self.groups) == 1:
+            self.mvm_(x, self.groups[0], out)
+            return self.periphery_out_(out)
+        for i, group in enumerate(self.groups):
+            last = i == len(self.groups) - 1
+            group_input = x if last else self.buffer("group_input", x.shape).copy_(x)  # a read consumes its input
+            group_output = self.buffer(f"group_output{i}", (H, B, group.weight.shape[1]))
+            out[:, :, group.columns] = self.mvm_(group_input, group, group_output)
+        return self.periphery_out_(out)
+
+    def mvm_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor) -> torch.Tensor:
+        """`AnalogMVM.matmul` of one column group in aihwkit's order of operations, into out (H, B, columns),
+        which it returns; x (H, B, in) is consumed. Noise management scales each input vector (constant or
+        by its largest entry), iterative bound management repeats the whole read at half the input scale
+        while any output of the group, in any crossbar, clips, up to aihwkit's limits.
+        """
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        io = group.io
+        nm = self.noise_management_values(x, io)  # 1.0, a constant or (H, B, 1)
+        if isinstance(nm, torch.Tensor):
+            if io.inp_noise <= 0 and not nm.any():
+                return out.zero_()  # aihwkit's shortcut: all inputs zero, no draws
+            nm.masked_fill_(nm <= 0, 1.0)
+        if io.bound_management == BoundManagementType.NONE:
+            scale = 1.0 / nm
+            self.read_(x, group, out, scale)
+        else:
+            work = self.buffer("bound_managed_input", x.shape)
+            res = io.inp_res if io.inp_res <= 1.0 else 1 / io.inp_res
+            res *= 2 * io.inp_bound
+            reduction, passed = 0.5, False
+            while not passed:
+                reduction *= 2.0
+                scale = 1.0 / nm / reduction
+                passed = self.read_(work.copy_(x), group, out, scale)
+                passed = passed or reduction > io.max_bm_factor or (res > 0 and reduction > io.max_bm_res / res)
+        if isinstance(scale, torch.Tensor) or scale != 1.0 or io.out_scale != 1.0:
+            out.mul_(io.out_scale / scale)
+        return out
+
+    def noise_management_values(self, x: torch.Tensor, io):
+        """aihwkit's noise-management divisor of every input vector: 1.0, a constant, or (H, B, 1)."""
+        from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+        kind = io.noise_management
+        if kind == NoiseManagementType.NONE:
+            return 1.0
+        if kind == NoiseManagementType.CONSTANT:
+            return io.nm_thres if io.nm_thres > 0 else 1.0
+        values = self.buffer("noise_management", (*x.shape[:2], 1))
+        torch.amax(x.abs() if kind == NoiseManagementType.ABS_MAX else x, dim=-1, keepdim=True, out=values)
+        return values.clamp_max_(io.nm_thres) if io.nm_thres > 0 else values
+
+    def read_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, scale) -> bool:
+        """One analog read of x (scaled, consumed) by a column group into out: DAC, input noise, matmul,
+        output noise, ADC. Returns whether no output clipped at the ADC bound."""
+        io = group.io
+        if isinstance(scale, torch.Tensor) or scale != 1.0:
+            x.mul_(scale)
+        if io.inp_res > 0:  # DAC
+            self.quantize_(x, io.inp_res, io.inp_bound, io.inp_sto_round)
+        if io.inp_bound > 0:
+            x.clamp_(-io.inp_bound, io.inp_bound)
+        if io.inp_noise > 0:
+            x.add_(self.buffer("input_noise", x.shape).normal_().mul_(io.inp_noise))
+        torch.bmm(x, group.weight_t, out=out)
+        if group.out_noise_values is not None or io.out_noise > 0:
+            noise = self.buffer(f"output_noise{tuple(out.shape)}", out.shape).normal_()  # one buffer per group's shape
+            out.add_(noise.mul_(io.out_noise if group.out_noise_values is None else group.out_noise_values))
+        if io.out_res > 0:  # ADC
+            self.quantize_(out, io.out_res, io.out_bound, io.out_sto_round)
+        if io.out_bound <= 0:
+            return True
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        # max and min are two vectorized reductions; |out| <= bound as a boolean tensor costs more than both
+        within = io.bound_management == BoundManagementType.NONE or bool(max(out.amax(), -out.amin()) <= io.out_bound)
+        out.clamp_(-io.out_bound, io.out_bound)
+        return within
+
+    def periphery_out_(self, out: torch.Tensor) -> torch.Tensor:
+        """The tile's digital output scales, in aihwkit's order, in place."""
+        out.mul_(self.scale)
+        if self.drift_alpha is not None:
+            out.mul_(self.drift_alpha)  # drift compensation (inference), one factor per tile or per column
+        if self.out_scale is not None:
+            out.mul_(self.out_scale)
+        return out
+
+    def output_factors(self) -> torch.Tensor:
+        """The digital factor on every column's normalized read (H, out), as `periphery_out_` applies it:
+        input range r_h × mapping scale α × drift compensation × learned output scale."""
+        H, n_out = self.weight.shape[:2]
+        return self.periphery_out_(self.weight.new_ones(H, 1, n_out))[:, 0]
+
+    def effective_weights(self) -> torch.Tensor:
+        """The linear map of digital inputs to digital outputs, converters and noise aside: (H, out, in),
+        in float64 for analysis. The tiles' current normalized weights times `output_factors`, over the
+        input range r_h that divided the inputs before the DAC."""
+        weight = self.weight.double() * self.output_factors().double()[:, :, None]
+        return weight if self.input_range is None else weight / self.input_range.double()
+
+    def step_ref(self, inp: torch.Tensor) -> torch.Tensor:
+        """Reference twin of `step`: aihwkit's `AnalogMVM.matmul` on the (H, out, in) stack, once per column group.
+
+        It runs every setting of a torch tile, asymmetry too; like `step`, its bound-management check is
+        one for the whole stack and column group (aihwkit's torch tile decides once per batch), so
+        clipping in one crossbar rescales all.
+        """
+        from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+        if self.out_noise_values is not None:
+            raise ValueError("AnalogMVM.matmul broadcasts out_noise_values for 2-D weights only; use step")
+        x = inp
+        if self.input_range is not None:
+            x = torch.clamp(x, -self.input_range, self.input_range) / self.input_range
+        reads = [AnalogMVM.matmul(group.weight, x, group.io, False, is_test=True) for group in self.groups]
+        return self.periphery_out_(reads[0] if len(reads) == 1 else torch.cat(reads, dim=-1))
