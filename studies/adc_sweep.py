@@ -94,7 +94,7 @@ from aimc_ssm.study.analog import (
     StudyModel,
     add_device_flags,
     add_model_flags,
-    analog_accuracies,
+    analog_draws,
     calibration_inputs,
     kernel_hwa_entry,
     study_key,
@@ -189,7 +189,8 @@ def measure_point(zoo, deployer, devices, point, args) -> tuple[int, list]:
     analog = deployer(configs)
     t_inference = args.t_inference if point.noise == "device" else None  # converters only: the tiles keep their targets
     cells = sum(kernel.crossbar_cells() for kernel in fused_layers(analog))
-    return cells, analog_accuracies(analog, zoo.batches("test"), len(point.keys), args.seed, t_inference, zoo.device)
+    runs = analog_draws(analog, zoo.batches("test"), len(point.keys), args.seed, [t_inference], zoo.device)
+    return cells, [draw for (draw,) in runs]
 
 
 def run_sweep(zoo, devices, table, points, args):

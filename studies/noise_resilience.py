@@ -69,7 +69,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aimc_ssm import cache
-from aimc_ssm.analog.deploy import DRIFT_TIMES, program
+from aimc_ssm.analog.deploy import DRIFT_TIMES
 from aimc_ssm.analog.devices import DeviceError
 from aimc_ssm.analog.hwa import NOISE_TARGETS, with_weight_noise
 from aimc_ssm.analog.kernel import MAPPINGS
@@ -79,15 +79,13 @@ from aimc_ssm.quant.quantize import without_state_quantizer
 from aimc_ssm.study.analog import (
     Deployer,
     DeviceSettings,
-    Draw,
     StudyModel,
     add_device_flags,
-    analog_accuracies,
+    analog_draws,
     calibration_inputs,
     seed_for,
     study_key,
     study_models,
-    unstable_channels_of,
 )
 from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
 from aimc_ssm.study.zoo import ModelZoo
@@ -248,19 +246,6 @@ def device_points(models, setup_key, args) -> list[Point]:
     return points
 
 
-def drift_draws(analog, batches, repeats, seed, device) -> list[list[Draw]]:
-    """Per repeat, one chip: programmed once, then read at every time of DRIFT_TIMES (in order)."""
-    runs = []
-    for repeat in range(repeats):
-        torch.manual_seed(seed_for(seed, repeat))
-        draws = []
-        for i, t in enumerate(DRIFT_TIMES.values()):
-            program(analog, t, reprogram=i == 0)
-            draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog)))
-        runs.append(draws)
-    return runs
-
-
 def run_device(zoo, devices, table, points, args):
     calibration = calibration_inputs(zoo).to(zoo.device)
     batches = zoo.batches("test")
@@ -272,10 +257,8 @@ def run_device(zoo, devices, table, points, args):
         if (entry.name, point.mapping) not in deployers:
             deployers[entry.name, point.mapping] = Deployer(entry.model, calibration, point.mapping, **devices.kernel_options())
         analog = deployers[entry.name, point.mapping](devices.configs(noise_scale=point.noise))
-        if point.experiment == "device":
-            runs = [[d] for d in analog_accuracies(analog, batches, repeats, args.seed, DRIFT_TIMES["1s"], zoo.device)]
-        else:
-            runs = drift_draws(analog, batches, repeats, args.seed, zoo.device)
+        read_times = [DRIFT_TIMES["1s"]] if point.experiment == "device" else list(DRIFT_TIMES.values())
+        runs = analog_draws(analog, batches, repeats, args.seed, read_times, zoo.device)
         seconds = round((time.time() - start) / len(point.keys), 2)
         draws = itertools.chain.from_iterable(runs)  # repeat by repeat, each at its read times: the order of the keys
         return [

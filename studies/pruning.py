@@ -89,7 +89,7 @@ from aimc_ssm.study.analog import (
     DeviceSettings,
     StudyModel,
     add_device_flags,
-    analog_accuracies,
+    analog_draws,
     calibration_inputs,
     one_setting,
     study_key,
@@ -185,7 +185,7 @@ def analog_accuracy(zoo, model, devices, calibration, args) -> float:
     deployer = Deployer(model, calibration, one_setting("mapping", args.mapping), **devices.kernel_options())
     analog = deployer(devices.configs(noise_scale=args.noise_scale))
     t_inference = DRIFT_TIMES["1s"] if args.noise_scale > 0 else None  # no noise: the tiles keep their targets
-    return analog_accuracies(analog, zoo.batches("test"), 1, args.seed, t_inference, zoo.device)[0].accuracy
+    return analog_draws(analog, zoo.batches("test"), 1, args.seed, [t_inference], zoo.device)[0][0].accuracy
 
 
 def run_all(zoo, devices, table, points, mask_dir, args):

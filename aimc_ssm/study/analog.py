@@ -7,7 +7,7 @@
     study_models(zoo, args)               [StudyModel(name, method, bits, model)]: float, PTQ, QAT
     Deployer(model, calibration, mapping) the model on crossbars (aimc_ssm.analog.to_analog), DAC
         (configs)                         ranges and state mapping calibrated once per model
-    analog_accuracies(...)                accuracy over repeated, seeded noise draws
+    analog_draws(...)                     accuracy and unstable channels over repeated, seeded noise draws
 
 Crossbar configs. The encoder, mixing and decoder Linears get the device file's config with the
 common knobs (--dac-bits, --adc-bits, --adc-range, --out-noise, --tile-size) and the dotted --set
@@ -274,29 +274,34 @@ def seed_for(seed: int, repeat: int) -> int:
     return 1000 * seed + repeat
 
 
-def analog_accuracies(
+def analog_draws(
     analog: S4DModel,
     batches,
     repeats: int,
     seed: int,
-    t_inference: float | None,
+    read_times: list[float | None],
     device: torch.device,
-) -> list[Draw]:
-    """Accuracy of `analog` on `batches` and its unstable channels, for `repeats` seeded noise draws.
+) -> list[list[Draw]]:
+    """Accuracy of `analog` on `batches` and its unstable channels: per seeded repeat, one chip read at
+    every time of `read_times` (in order), a list of Draws.
 
-    Each repeat draws fresh programming noise and lets the devices drift to t_inference seconds
-    (aimc_ssm.analog.deploy.program); t_inference None leaves the tiles at their target weights (no
-    programming, drift or read noise). Output noise is drawn in the forward, from the same seed. The
-    unstable channels (spectral radius >= 1 of the programmed kernels, aimc_ssm.analog.stability)
-    say why a draw is at chance; None where the tiles cannot be read back (compiled tiles).
+    Each repeat draws fresh programming noise once and lets the same devices drift to each read time
+    in seconds (aimc_ssm.analog.deploy.program); a read time None leaves the tiles at their target
+    weights (no programming, drift or read noise). Output noise is drawn in the forward, from the same
+    seed. The unstable channels (spectral radius >= 1 of the programmed kernels,
+    aimc_ssm.analog.stability) say why a draw is at chance; None where the tiles cannot be read back
+    (compiled tiles).
     """
-    draws = []
+    runs = []
     for repeat in range(repeats):
         torch.manual_seed(seed_for(seed, repeat))
-        if t_inference is not None:
-            program(analog, t_inference)
-        draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog)))
-    return draws
+        draws = []
+        for i, t in enumerate(read_times):
+            if t is not None:
+                program(analog, t, reprogram=i == 0)
+            draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog)))
+        runs.append(draws)
+    return runs
 
 
 @dataclass
