@@ -19,6 +19,8 @@ from torch import nn
 
 from ..core.model import S4DModel
 from ..core.s4d import SSMTransform
+from .kernel import check_mapping, crossbar_config, mapping_scales, y_column_io
+from .layout import crossbar_matrices, replicate_copies
 from .mvm import converter_step
 
 NOISE_TARGETS = ("A", "A_bar")
@@ -158,15 +160,14 @@ class HardwareAwareKernel(nn.Module):
 
     def __init__(self, ssm, kernel_config, peaks: tuple[torch.Tensor, torch.Tensor], hwa: KernelHWA = KernelHWA()):
         super().__init__()
-        from .kernel import check_mapping, crossbar_config, mapping_scales, y_column_io
-
         check_mapping(hwa.mapping)
         self.ssm, self.hwa = ssm, hwa
         self.config = crossbar_config(kernel_config, hwa.copies)  # the ADC range of k summed copies
         self.y_io = y_column_io(self.config.forward, hwa.y_adc_range, hwa.copies)
         scales, ranges = mapping_scales(*peaks, hwa.mapping)
         self.register_buffer("state_scales", scales.to(ssm.D.device))  # (H, n)
-        self.register_buffer("input_ranges", ranges.clamp_min(1e-12).to(ssm.D.device))  # (H,)
+        # (H,); a channel that never moves gets range 1, as FusedS4D.set_input_ranges gives it
+        self.register_buffer("input_ranges", torch.where(ranges > 0, ranges, 1.0).to(ssm.D.device))
         self.d_model, self.d_state = ssm.d_model, ssm.d_state
 
     def extra_repr(self) -> str:
@@ -174,8 +175,6 @@ class HardwareAwareKernel(nn.Module):
 
     def crossbar_weights(self) -> torch.Tensor:
         """The mapped crossbar weights W (H, N+1, N+2) of the layer's current deployed system."""
-        from .layout import crossbar_matrices, replicate_copies
-
         dA, dB, C, D = self.ssm.ssm_parameters()
         if self.hwa.stability_margin > 0:  # the modes' magnitude held inside the margin, their angle kept
             magnitude = dA.abs()
