@@ -12,25 +12,50 @@ mechanism; the three kinds differ only in the model they start from and the key:
                                                          noise on A or Ā drawn every forward
     kernel_hwa_model(base, ..., kernel_config, hwa)      kernel-hwa-<hash>: fine-tuned through a
                                                          differentiable simulation of its deployment
+
+Runs that share a cache at the same time train each model once: `train_once` holds a lock on the entry
+(`<kind>-<hash>.lock` beside it) while it trains, and a second run waits for it and reuses the model.
+An entry is used only whole and only by the run it belongs to: its `config.json` names the configs
+(their hash), the package version and the checkpoint format (aimc_ssm.io.run_identity), and every
+checkpoint is read against its checksum. An entry that is truncated, from another version or of other
+configs is cleared with a CacheWarning and trained again; a kill leaves an entry that resumes.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 
 from .analog.hwa import KernelHWA, deployable, through_kernels, with_weight_noise
 from .core.data import SequenceData
 from .core.model import ModelConfig, S4DModel
 from .core.train import TrainConfig, first_training_batches, fit, training_data
-from .io import config_key, load_checkpoint
+from .io import (
+    RUN_CONFIG,
+    CheckpointError,
+    checksum_path,
+    config_key,
+    load_checkpoint,
+    remove_temporaries,
+    run_config_mismatch,
+    run_identity,
+    verified_bytes,
+    write_run_config,
+)
 from .quant.precision import PrecisionSpec
 from .quant.quantize import CALIBRATION_BATCHES, prepare_qat, quantize_, without_state_quantizer
 
 DEFAULT_CACHE = Path("results/models")
+RUN_FILES = ("best.pt", "last.pt", "metrics.json")  # what aimc_ssm.core.train.fit writes into a run directory
+
+
+class CacheWarning(UserWarning):
+    """A cache entry that could not be used (truncated, from another version, of other configs) is trained again."""
 
 
 def run_dir_of(kind: str, *key_parts, cache_dir: Path = DEFAULT_CACHE) -> Path:
@@ -50,17 +75,81 @@ def train_once(
     """The model of `run_dir`: trained once with `fit`, then read back from its best checkpoint.
 
     initial(data) builds the model that training starts from; architecture() builds one of the same
-    structure (quantizers, transforms) that the cached weights load into.
+    structure (quantizers, transforms) that the cached weights load into. Another process training the
+    same run_dir is waited for; files in run_dir that are not this run's, or not whole, are cleared
+    with a CacheWarning and the model is trained again (module docstring).
     """
     run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").exists():
-        model = architecture()
-        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-        return model.eval(), json.loads((run_dir / "metrics.json").read_text())
-    data = training_data(model_cfg, train_cfg)
-    model = initial(data)
-    metrics = fit(model, data, train_cfg, run_dir, meta, progress)
+    identity = run_identity(model_cfg, train_cfg, meta)
+    # a model that does not fit its data fails before anything is written
+    data = None if (run_dir / "metrics.json").exists() else training_data(model_cfg, train_cfg)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path(run_dir)):
+        finished = finished_run(run_dir, identity, architecture)
+        if finished is not None:
+            return finished
+        if data is None:  # a finished entry that could not be used
+            data = training_data(model_cfg, train_cfg)
+        run_dir.mkdir(exist_ok=True)
+        remove_run_temporaries(run_dir)  # of killed writers; under the lock this process is the only writer
+        write_run_config(run_dir, identity, {"model": model_cfg.to_dict(), "train": asdict(train_cfg), "meta": meta})
+        model = initial(data)
+        metrics = fit(model, data, train_cfg, run_dir, meta, progress)
     return model.cpu().eval(), metrics
+
+
+def lock_path(run_dir: Path) -> Path:
+    """The lock of a run directory, beside it: the run directory holds only the run's own files."""
+    return run_dir.with_name(run_dir.name + ".lock")
+
+
+def finished_run(run_dir: Path, identity: dict, architecture: Callable[[], S4DModel]) -> tuple[S4DModel, dict] | None:
+    """The model and metrics of run_dir's finished run; None where training starts or resumes. An entry
+    that cannot be used is cleared with a CacheWarning, so that it is trained afresh."""
+    problem = entry_problem(run_dir, identity)
+    if problem is None and (run_dir / "metrics.json").exists():
+        try:
+            model = architecture()
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+            return model.eval(), json.loads((run_dir / "metrics.json").read_text())
+        except (CheckpointError, FileNotFoundError, RuntimeError, KeyError, ValueError) as err:  # RuntimeError: other weights
+            problem = f"its model cannot be loaded ({type(err).__name__}: {err})"
+    if problem is not None:
+        warnings.warn(f"cached run {run_dir} is not used: {problem}; training it again", CacheWarning, stacklevel=2)
+        clear_run(run_dir)
+    return None
+
+
+def entry_problem(run_dir: Path, identity: dict) -> str | None:
+    """Why run_dir's files cannot be used for the run of `identity` (None: they can, or there are none)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    mismatch = run_config_mismatch(run_dir, identity)
+    if mismatch is not None:
+        return mismatch
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).exists():
+            try:
+                verified_bytes(run_dir / name)
+            except CheckpointError as err:
+                return str(err)
+    return None
+
+
+def run_file_paths(run_dir: Path) -> list[Path]:
+    """The files a run writes into its directory: fit's, their checksums, the run's config.json."""
+    return [path for name in RUN_FILES for path in (run_dir / name, checksum_path(run_dir / name))] + [run_dir / RUN_CONFIG]
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete a run's own files, never anything else of the folder."""
+    for path in run_file_paths(run_dir):
+        path.unlink(missing_ok=True)
+
+
+def remove_run_temporaries(run_dir: Path) -> None:
+    for path in run_file_paths(run_dir):
+        remove_temporaries(path)
 
 
 def seeded_model(model_cfg: ModelConfig, seed: int) -> S4DModel:
@@ -85,9 +174,18 @@ def float_model(
         run_dir or float_run_dir(model_cfg, train_cfg, cache_dir), model_cfg, train_cfg,
         initial=lambda data: seeded_model(model_cfg, train_cfg.seed),
         architecture=lambda: S4DModel(model_cfg),
-        meta={"model": model_cfg.to_dict()},
+        meta=float_meta(model_cfg),
         progress=progress,
     )
+
+
+def float_meta(model_cfg: ModelConfig) -> dict:
+    return {"model": model_cfg.to_dict()}
+
+
+def float_identity(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
+    """The identity (aimc_ssm.io.run_identity) of the float run of these configs: what its run directory's config.json holds."""
+    return run_identity(model_cfg, train_cfg, float_meta(model_cfg))
 
 
 def qat_model(

@@ -60,7 +60,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     H, B, L = args.d_model, args.batch, args.length
-    spec = PrecisionSpec.z25(args.bits, args.state_bits, args.parameterization, ranges=args.ranges)
+    spec = PrecisionSpec.channel_asym(args.bits, args.state_bits, args.parameterization, ranges=args.ranges)
     spec = spec.replace(partial_products=args.partial_products)
     model = quantize_(S4DModel(ModelConfig(d_model=H, d_state=args.d_state)), spec).to(args.compute).eval()
     ssm = model.blocks[0].ssm
@@ -77,7 +77,7 @@ def main():
     err = (y_fast[:, :ref_steps] - y_ref).abs().max().item()
 
     print(f"device {args.compute}, threads {torch.get_num_threads()}; batch {B}, L {L}, H {H}, N {args.d_state}")
-    print(f"spec: z25 {args.bits} bit, state {args.state_bits} bit, {args.parameterization}, {args.ranges} ranges, "
+    print(f"spec: channel-asym {args.bits} bit, state {args.state_bits} bit, {args.parameterization}, {args.ranges} ranges, "
           f"partial products {'on' if args.partial_products else 'off'}")
     print(f"fast path   quantized_scan      {fast_s:8.3f} s   ({fast_s / L * 1e3:.3f} ms/step)")
     scaled = f", timed on {ref_steps} of {L} steps and scaled" if ref_steps < L else ""

@@ -1,97 +1,206 @@
-"""Throughput of the S4D model: FFT training step vs a plain direct-sum reference, and recurrent evaluation.
+"""Training-step time of the project's S4D model against a minimal channels-first S4D, measured in one run.
 
-    python benchmarks/bench_s4d.py                 # CPU, the [Z25] model (H=16, N=64, 1 layer), L=784
-    python benchmarks/bench_s4d.py --compute cuda  # the same on a GPU
+    .venv/bin/python benchmarks/bench_s4d.py                  # CPU (one thread), four sizes, L 784, batch 64 (1024 for the last)
+    .venv/bin/python benchmarks/bench_s4d.py --threads 0      # CPU with torch's thread count
+    .venv/bin/python benchmarks/bench_s4d.py --quick          # smaller batches, fewer repeats: under 20 s on a CPU
+    .venv/bin/python benchmarks/bench_s4d.py --device cuda    # the same on a GPU
+    .venv/bin/python benchmarks/bench_s4d.py --norm layer     # both models with a post-norm LayerNorm
 
-The reference computes the same model with the kernel built by repeated multiplication and the
-convolution as a direct causal sum (`ssm_kernel_ref`, `causal_conv_ref`); both run in one process, so
-the printed ratio compares like with like.
+A training step is forward, cross-entropy, backward and an AdamW step, on (B, 784, 1) inputs and 10 classes.
+The project's model is `S4DModel(ModelConfig(...))` in convolution mode, with the optimizer groups of
+`parameter_groups` (aimc_ssm.core.train.fit's). The baseline is written here in the plain channels-first
+form of the S4D paper's minimal layer: activations (B, H, L), the ZOH kernel as the Vandermonde product
+exp(dt·A·l) contracted with einsum, the FFT convolution along the last axis under autograd, then GELU, a
+1x1 Conv1d to 2H channels and GLU, the residual, and a post-norm where `--norm layer` asks for one. It
+has the same parameters as the project's model (B trainable, 3,850 of them at H 16) and the same
+optimizer groups, so both models do the same arithmetic in their own layouts.
+
+The two models alternate step by step, so load from other processes hits both alike; each time is the
+median over the repeats after the warm-up steps. The ratio is project / baseline time: below 1 the
+project's step is faster. On a CPU both run on one thread unless --threads says otherwise (0: torch's
+choice): on a machine whose cores other processes share, every parallel region can wait a scheduler
+time slice for its second thread, and those waits, not the arithmetic, then set the times.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import time
-import types
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from aimc_ssm import ModelConfig, S4DModel
-from aimc_ssm.core.s4d import causal_conv_ref, ssm_kernel_ref
+from aimc_ssm.core.model import parameter_groups
+from aimc_ssm.core.train import TrainConfig
+
+LENGTH, CLASSES, D_STATE = 784, 10, 64
 
 
-def reference_forward_conv(self, u):
-    dA, dB, C, D = self.ssm_parameters()
-    return causal_conv_ref(u, ssm_kernel_ref(dA, dB, C, u.shape[1])) + D * u
+@dataclass(frozen=True)
+class Case:
+    name: str
+    d_model: int
+    n_layers: int
+    batch: int
+    quick_batch: int  # --quick: a smaller batch, the same model
 
 
-def as_reference(model: S4DModel) -> S4DModel:
-    for block in model.blocks:
-        block.ssm.forward_conv = types.MethodType(reference_forward_conv, block.ssm)
-    return model
+CASES = (
+    Case("H16, 1 layer", 16, 1, 64, 64),
+    Case("H128, 4 layers", 128, 4, 64, 4),
+    Case("H256, 4 layers", 256, 4, 64, 2),
+    Case("H16, batch 1024", 16, 1, 1024, 128),
+)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+# -- the baseline --------------------------------------------------------------------------------
+class ChannelsFirstS4D(nn.Module):
+    """A minimal S4D layer on (B, H, L): S4D-Lin init, ZOH, kernel by Vandermonde product, FFT convolution."""
+
+    def __init__(self, d_model: int, d_state: int, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__()
+        H, n = d_model, d_state // 2
+        self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.log_A_real = nn.Parameter(torch.log(0.5 * torch.ones(H, n)))
+        self.A_imag = nn.Parameter(math.pi * torch.arange(n).float().repeat(H, 1))
+        self.B = nn.Parameter(torch.view_as_real(torch.ones(H, n, dtype=torch.cfloat)))
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, n, dtype=torch.cfloat)))
+        self.D = nn.Parameter(torch.randn(H))
+
+    def dynamics(self) -> list[nn.Parameter]:
+        return [self.log_dt, self.log_A_real, self.A_imag]
+
+    def kernel(self, L: int) -> torch.Tensor:
+        A = -torch.exp(self.log_A_real) + 1j * self.A_imag  # (H, n)
+        dtA = torch.exp(self.log_dt)[:, None] * A
+        CB = torch.view_as_complex(self.C) * torch.view_as_complex(self.B) * (torch.exp(dtA) - 1) / A  # C·B̄
+        vandermonde = torch.exp(dtA[..., None] * torch.arange(L, device=A.device))  # (H, n, L)
+        return 2 * torch.einsum("hn,hnl->hl", CB, vandermonde).real  # (H, L)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (B, H, L)
+        L = u.shape[-1]
+        u_f = torch.fft.rfft(u, n=2 * L)
+        K_f = torch.fft.rfft(self.kernel(L), n=2 * L)
+        return torch.fft.irfft(u_f * K_f, n=2 * L)[..., :L] + self.D[:, None] * u
 
 
-def seconds_per_call(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
+class ChannelsFirstBlock(nn.Module):
+    def __init__(self, d_model: int, norm: str):
+        super().__init__()
+        self.ssm = ChannelsFirstS4D(d_model, D_STATE)
+        self.mixing = nn.Conv1d(d_model, 2 * d_model, kernel_size=1)
+        self.norm = nn.LayerNorm(d_model) if norm == "layer" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, L)
+        z = nn.functional.glu(self.mixing(nn.functional.gelu(self.ssm(x))), dim=1) + x
+        return z if self.norm is None else self.norm(z.transpose(1, 2)).transpose(1, 2)
 
 
-def train_step(model, opt, x, y):
+class BaselineModel(nn.Module):
+    """Linear encoder -> blocks on (B, H, L) -> mean over time -> Linear decoder: (B, L, 1) -> (B, 10)."""
+
+    def __init__(self, d_model: int, n_layers: int, norm: str):
+        super().__init__()
+        self.encoder = nn.Linear(1, d_model)
+        self.blocks = nn.ModuleList(ChannelsFirstBlock(d_model, norm) for _ in range(n_layers))
+        self.decoder = nn.Linear(d_model, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x).transpose(1, 2)  # (B, H, L)
+        for block in self.blocks:
+            z = block(z)
+        return self.decoder(z.mean(dim=-1))
+
+    def parameter_groups(self, train: TrainConfig) -> list[dict]:
+        """The project's groups: the SSM dynamics at ssm_lr without weight decay, the rest at lr."""
+        dynamics = [p for block in self.blocks for p in block.ssm.dynamics()]
+        ids = {id(p) for p in dynamics}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [
+            {"params": rest, "lr": train.lr, "weight_decay": train.weight_decay},
+            {"params": dynamics, "lr": train.ssm_lr, "weight_decay": 0.0},
+        ]
+
+
+# -- timing -----------------------------------------------------------------------------------
+def training_step(model: nn.Module, groups: list[dict], forward, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.AdamW(groups)
+
     def step():
-        loss = torch.nn.functional.cross_entropy(model(x, "conv"), y)
-        opt.zero_grad()
+        loss = nn.functional.cross_entropy(forward(x), y)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     return step
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compute", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=100, help="training batch")
-    parser.add_argument("--eval-batch", type=int, default=500, help="recurrent evaluation batch")
-    parser.add_argument("--length", type=int, default=784)
-    parser.add_argument("--d-model", type=int, default=16)
-    parser.add_argument("--d-state", type=int, default=64)
-    parser.add_argument("--n-layers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    device = torch.device(args.compute)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def alternating_medians(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each step; the steps take turns, so background load hits all alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def measure(case: Case, batch: int, norm: str, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=args.d_model, d_state=args.d_state, n_layers=args.n_layers)
-    x = torch.randn(args.batch, args.length, 1, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    x = torch.randn(batch, LENGTH, 1, device=device)
+    y = torch.randint(0, CLASSES, (batch,), device=device)
+    train = TrainConfig()
+    project = S4DModel(ModelConfig(d_model=case.d_model, d_state=D_STATE, n_layers=case.n_layers, norm=norm)).to(device)
+    baseline = BaselineModel(case.d_model, case.n_layers, norm).to(device)
+    steps = {
+        "project": training_step(project, parameter_groups(project, train.lr, train.weight_decay, train.ssm_lr), lambda x: project(x, "conv"), x, y),
+        "baseline": training_step(baseline, baseline.parameter_groups(train), baseline, x, y),
+    }
+    return alternating_medians(steps, device, warmup, repeats)
 
-    model = S4DModel(cfg).to(device)
-    fast = seconds_per_call(train_step(model, torch.optim.AdamW(model.parameters()), x, y), device, args.repeats)
-    reference = as_reference(S4DModel(cfg).to(device))
-    ref = seconds_per_call(train_step(reference, torch.optim.AdamW(reference.parameters()), x, y), device, max(1, args.repeats // 2))
 
-    x_eval = torch.randn(args.eval_batch, args.length, 1, device=device)
-    model.eval()
-    with torch.no_grad():
-        rec = seconds_per_call(lambda: model(x_eval, "recurrent"), device, max(1, args.repeats // 2))
-        conv_eval = seconds_per_call(lambda: model(x_eval, "conv"), device, args.repeats)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats; small batches weigh the kernel, whose cost is per step, more")
+    parser.add_argument("--norm", default="none", choices=["none", "layer"], help="post-norm of both models (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per model (default: 5, quick 3)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model first (default: 2, quick 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default: %(default)s)")
+    args = parser.parse_args()
+    repeats = args.repeats or (3 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if repeats < 1 or warmup < 0:
+        parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here; run on a machine with one, or use --device cpu")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; model H={cfg.d_model} N={cfg.d_state} layers={cfg.n_layers}; L={args.length}")
-    print(f"training step, batch {args.batch}:")
-    print(f"  FFT convolution        {args.batch / fast:10.1f} sequences/s")
-    print(f"  direct-sum reference   {args.batch / ref:10.1f} sequences/s")
-    print(f"  ratio FFT / reference  {ref / fast:10.1f}x")
-    print(f"evaluation, batch {args.eval_batch}:")
-    print(f"  recurrent mode         {args.eval_batch / rec:10.1f} sequences/s")
-    print(f"  convolution mode       {args.eval_batch / conv_eval:10.1f} sequences/s")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}; L {LENGTH}, N {D_STATE}, norm {args.norm}; median of {repeats} steps after {warmup} warm-up")
+    print(f"{'case':18s} {'batch':>6s} {'project ms':>11s} {'baseline ms':>12s} {'project/baseline':>17s}")
+    for case in CASES:
+        batch = case.quick_batch if args.quick else case.batch
+        t = measure(case, batch, args.norm, device, warmup, repeats)
+        print(f"{case.name:18s} {batch:6d} {1e3 * t['project']:11.1f} {1e3 * t['baseline']:12.1f} {t['project'] / t['baseline']:17.2f}")
 
 
 if __name__ == "__main__":

@@ -32,14 +32,19 @@ use 4 devices per weight (--copies), the y column its own ADC range 8 (--y-adc-r
 compensation from averaged reads (--kernel-drift-compensation). --a-init lin --dt-max 0.1 --copies 1
 --y-adc-range 0 give [Z25]'s model on one device per weight, one ADC range per crossbar.
 
-Measured on an H200 (python studies/adc_sweep.py --compute cuda --adc-bits 8 --dac-bits 8
---t-inference 3600 --repeats 3 --test-samples 500 --mapping incremental --training float qat hwa
---noise converters device, with the defaults above; three draws):
-  - converters only, 8-bit DAC and ADC: float 85.6 % (digital 87.4), QAT-8 86.8 % (digital 88.0);
-  - pcm at 1 h: QAT-8 74.8 ± 1.0 %, hwa 72.0 ± 2.4 %, float 71.3 ± 3.0 %, with about 4 of 16 channels
-    still holding a mode outside the unit circle (`unstable_channels`);
-  - the same at 1 day (--t-inference 86400): QAT-8 66.3 ± 2.4 %; with a 6-bit ADC (--adc-bits 6, the
-    Linears' ADC range 3 by --adc-range 3): QAT-8 67.6 ± 4.1 %.
+Measured on an H200 (python studies/adc_sweep.py --compute cuda --adc-bits 8 --dac-bits 8 --repeats 3
+--test-samples 500 --t-inference 3600 --training float ptq qat hwa --mapping direct incremental --noise
+converters device, with the defaults above; per-sequence reads; three draws):
+  - converters only, 8-bit DAC and ADC, incremental mapping: float 86.0 % (digital 87.4), hwa 85.4 %
+    (86.2), PTQ-8 85.4 % (87.2), QAT-8 85.8 % (88.0); the direct mapping 9.6-10.6 %;
+  - pcm at 1 h, incremental: PTQ-8 72.3 ± 2.6 %, hwa 72.1 ± 3.6 %, float 71.9 ± 3.6 %, QAT-8 71.4 ± 3.1 %,
+    with 4.3 of 16 channels holding a mode outside the unit circle (`unstable_channels`); direct: 9.4-10.5 %,
+    all 16 channels unstable;
+  - the same at 1 day (--t-inference 86400 --hwa-t-inference 3600, incremental): hwa 64.4 ± 4.3 %, float
+    64.1 ± 4.3 %, QAT-8 61.9 ± 1.7 %, 6.3 unstable channels;
+  - energy: 44.8 µJ and 323 µs per inference at 8 bits, 44.3 µJ of it the crossbar reads (4 copies).
+What limits the gap: studies/noise_resilience.py's sources experiment reads every mode back after
+programming (modes.csv, modes.png).
 
 ADC complexity ([S25], converted outputs x ADC bits per step) with every conversion at the swept ADC
 bits: aimc_ssm.quant.metrics.adc_complexity with r_state = r_act = r_lin = ADC bits, i.e. the N state
@@ -48,13 +53,19 @@ columns and the y column of every kernel, the mixing outputs, and the encoder an
 which is linear in the bits and the same for every model and mapping (copies add cells, not conversions).
 
     python studies/adc_sweep.py --quick     # a few minutes on 2 cores (3-epoch models)
-    python studies/adc_sweep.py --compute cuda
+    python studies/adc_sweep.py             # about 6 minutes on 2 cores, training included
+    python studies/adc_sweep.py --compute cuda --training float ptq qat hwa --mapping direct balanced incremental
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
-Budgets: float 20 epochs, QAT 5, hwa 3; PTQ and QAT at 8 bits (z25-state16 recipe); device pcm; ADC
-bits 8 10 12 14 16, DAC bits 8 12 16; 4 copies; 2 repeats at 1 h; the first 200 test samples. --quick: 3, 1
-and 1 epochs, ADC 8 14, DAC 14, 1 copy, 2 repeats, 100 test samples. Models come from --models-dir, trained
-once and shared with other studies.
+The default run compares what works with what does not on pcm, within about 6 minutes on 2 cores,
+training included: the float and QAT-8 models (--training float qat; add ptq and hwa, whose training
+through 784 recurrent steps wants a GPU) on the direct and incremental mappings (--mapping direct
+incremental; balanced too with --mapping), converters only and the device at 1 h (--noise converters
+device; stochastic too with --noise), ADC 6 and 8 bits at an 8-bit DAC. Budgets: float 20 epochs, QAT
+5, hwa 3; PTQ and QAT at 8 bits (channel-asym-state16 recipe); 4 copies; 2 repeats; the first 100 test
+samples. --quick: 3, 1 and 1 epochs, ADC 8 14, DAC 14, 1 copy, 2 repeats, 100 test samples. Models
+come from --models-dir, trained once and shared with other studies. The summary names the best and
+the worst setting under the device's noise.
 
 results/adc_sweep/results.csv, one row per accuracy measured (a killed run resumes):
     setup             hash of the models, test subset and device settings (rows of other runs are kept, not mixed)
@@ -68,11 +79,19 @@ results/adc_sweep/results.csv, one row per accuracy measured (a killed run resum
                       (aimc_ssm.analog.stability): why a draw is at chance; 0 on target weights
     digital_accuracy  the same model computed digitally (no converters, no noise), same samples
     adc_complexity    converted output bits per time step (see above);  crossbar_cells: the kernels' cells
+    energy_per_inference_nj, latency_per_inference_us   one test sequence priced by aimc_ssm.analog.ledger
+                      (the device file's ENERGY_MODEL and --energy over its sourced defaults);
+                      energy_per_step_nj, latency_per_step_ns: one step; adc_/dac_/read_/digital_energy_nj:
+                      the inference's energy by part; adc_conversions, dac_conversions, analog_reads,
+                      cells_read, digital_ops, sequence_length: what the ledger counted
     samples, device, seconds
     t_inference       seconds of drift after programming (device condition; empty: not programmed)
 Plots in results/adc_sweep/: accuracy_vs_adc_bits.png and accuracy_vs_dac_bits.png (mean and standard
 deviation band per model, one row of panels per mapping, one column per noise condition),
-accuracy_vs_adc_complexity.png.
+accuracy_vs_adc_complexity.png, accuracy_vs_energy.png (one point per mapping and converter setting,
+models as hue). summary.md: the table of means per setting with energy and latency, the best and the
+worst setting on the device, the plots; run.json: the command, every setting, the package versions,
+the resolved device configs.
 """
 from __future__ import annotations
 
@@ -84,8 +103,8 @@ from dataclasses import dataclass
 import seaborn as sns
 
 from aimc_ssm.analog.devices import DeviceError
-from aimc_ssm.analog.hwa import KernelHWA
 from aimc_ssm.analog.kernel import MAPPINGS, fused_layers
+from aimc_ssm.analog.ledger import ledger, ledger_columns
 from aimc_ssm.io import save_figure
 from aimc_ssm.quant.metrics import adc_complexity
 from aimc_ssm.study.analog import (
@@ -93,14 +112,17 @@ from aimc_ssm.study.analog import (
     DeviceSettings,
     StudyModel,
     add_device_flags,
+    add_kernel_hwa_flags,
     add_model_flags,
     analog_draws,
     calibration_inputs,
     kernel_hwa_entry,
+    kernel_hwa_settings,
     study_key,
     study_models,
 )
 from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "adc_sweep"
@@ -110,7 +132,7 @@ NOISES = ("converters", "stochastic", "device")
 STOCHASTIC_ROUNDING = {"forward.inp_sto_round": True, "forward.out_sto_round": True}
 CHANCE = 0.1  # ten classes
 BUDGET = Budget(
-    full={"adc_bits": [8, 10, 12, 14, 16], "dac_bits": [8, 12, 16], "repeats": 2, "test_samples": 200, "hwa_epochs": 3, "copies": 4},
+    full={"adc_bits": [6, 8], "dac_bits": [8], "repeats": 2, "test_samples": 100, "hwa_epochs": 3, "copies": 4},
     quick={"adc_bits": [8, 14], "dac_bits": [14], "repeats": 2, "test_samples": 100, "hwa_epochs": 1, "copies": 1},
 )
 
@@ -118,17 +140,15 @@ BUDGET = Budget(
 def parse_args(argv=None):
     parser = study_parser(NAME, __doc__, BUDGET)
     add_model_flags(parser, default_bits=[8])
-    add_device_flags(parser, converter_flags=False, mappings_default=MAPPINGS)
+    add_device_flags(parser, converter_flags=False, mappings_default=("direct", "incremental"))
     training = parser.add_argument_group("training")
-    training.add_argument("--training", nargs="+", choices=TRAININGS, default=list(TRAININGS), help="the models compared: float, PTQ and QAT at --bits, hwa: the float model fine-tuned through a simulation of its deployment (default: all four)")
+    training.add_argument("--training", nargs="+", choices=TRAININGS, default=["float", "qat"], help="the models compared: float, PTQ and QAT at --bits, hwa: the float model fine-tuned through a simulation of its deployment (default: %(default)s)")
     training.add_argument("--hwa-epochs", type=int, default=None, help="epochs of the hwa fine-tune " + BUDGET.help("hwa_epochs"))
-    training.add_argument("--hwa-lr", type=float, default=1e-4, help="learning rate of the hwa fine-tune, every parameter (default: %(default)s)")
-    training.add_argument("--hwa-mapping", choices=MAPPINGS, default="incremental", help="the mapping the hwa model trains for (default: %(default)s)")
-    training.add_argument("--hwa-linear-noise", type=float, default=0.03, help="ADD_NORMAL noise on the Linear weights while it trains, relative to their largest (default: %(default)s)")
+    add_kernel_hwa_flags(parser)
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--adc-bits", nargs="+", type=int, default=None, help="ADC bits of the ADC sweep " + BUDGET.help("adc_bits"))
     sweep.add_argument("--dac-bits", nargs="+", type=int, default=None, help="DAC bits of the DAC sweep " + BUDGET.help("dac_bits"))
-    sweep.add_argument("--noise", nargs="+", choices=NOISES, default=list(NOISES), help="noise conditions (default: all three)")
+    sweep.add_argument("--noise", nargs="+", choices=NOISES, default=["converters", "device"], help="noise conditions (default: %(default)s)")
     sweep.add_argument("--repeats", type=int, default=None, help="noise draws per point of the device condition " + BUDGET.help("repeats"))
     sweep.add_argument("--t-inference", type=float, default=1.0, help="seconds of drift after programming in the device condition (default: %(default)s)")
     # the co-designed model and kernels that hold on pcm (module docstring); every flag overrides them
@@ -181,16 +201,17 @@ def noise_scale(noise: str) -> float:
     return 1.0 if noise == "device" else 0.0
 
 
-def measure_point(zoo, deployer, devices, point, args) -> tuple[int, list]:
-    """The deployed kernels' crossbar cells, and the accuracy and unstable channels of each repeat (one
-    model at one converter setting and noise condition)."""
+def measure_point(zoo, deployer, devices, point, args) -> tuple[int, dict, list]:
+    """The deployed kernels' crossbar cells, the energy and latency of one inference (aimc_ssm.analog.ledger),
+    and the accuracy and unstable channels of each repeat (one model at one converter setting and noise condition)."""
     rounding = STOCHASTIC_ROUNDING if point.noise == "stochastic" else {}
     configs = devices.configs(noise_scale=noise_scale(point.noise), adc_bits=point.adc_bits, dac_bits=point.dac_bits, **rounding)
     analog = deployer(configs)
     t_inference = args.t_inference if point.noise == "device" else None  # converters only: the tiles keep their targets
     cells = sum(kernel.crossbar_cells() for kernel in fused_layers(analog))
-    runs = analog_draws(analog, zoo.batches("test"), len(point.keys), args.seed, [t_inference], zoo.device)
-    return cells, [draw for (draw,) in runs]
+    costs = ledger_columns(ledger(analog, zoo.batches("test")[0][0].shape[1]), devices.energy_model())
+    runs = analog_draws(analog, zoo.batches("test"), len(point.keys), args.seed, [t_inference], zoo.device, devices.zero_cells)
+    return cells, costs, [draw for (draw,) in runs]
 
 
 def run_sweep(zoo, devices, table, points, args):
@@ -204,7 +225,7 @@ def run_sweep(zoo, devices, table, points, args):
         if (entry.name, point.mapping) not in deployers:
             deployers[entry.name, point.mapping] = Deployer(entry.model, calibration, point.mapping, **devices.kernel_options())
         start = time.time()
-        cells, draws = measure_point(zoo, deployers[entry.name, point.mapping], devices, point, args)
+        cells, costs, draws = measure_point(zoo, deployers[entry.name, point.mapping], devices, point, args)
         seconds = round((time.time() - start) / len(draws), 2)
         return [
             {
@@ -212,7 +233,7 @@ def run_sweep(zoo, devices, table, points, args):
                 "mapping": point.mapping, "noise": point.noise, "adc_bits": point.adc_bits, "dac_bits": point.dac_bits,
                 "repeat": key["repeat"], "accuracy": draw.accuracy, "digital_accuracy": digital[entry.name],
                 "unstable_channels": math.nan if draw.unstable_channels is None else draw.unstable_channels,
-                "adc_complexity": adc_complexity(zoo.setup.model, conversion_bits(point.adc_bits)), "crossbar_cells": cells,
+                "adc_complexity": adc_complexity(zoo.setup.model, conversion_bits(point.adc_bits)), "crossbar_cells": cells, **costs,
                 "samples": zoo.samples("test"), "device": args.device,
                 "t_inference": args.t_inference if point.noise == "device" else math.nan,
                 "seconds": seconds,
@@ -269,8 +290,36 @@ def plot(frame, args):
     device = f"device {args.device}, kernel ADC range {args.kernel_adc_range:g}; float digital dashed, chance dotted"
     accuracy_plot(adc_rows, "adc_bits", args, f"Accuracy vs ADC bits (DAC {max(args.dac_bits)} bits); {device}", args.out / "accuracy_vs_adc_bits.png", "ADC bits (every crossbar)")
     accuracy_plot(dac_rows, "dac_bits", args, f"Accuracy vs DAC bits (ADC {max(args.adc_bits)} bits); {device}", args.out / "accuracy_vs_dac_bits.png", "DAC bits (every crossbar)")
+    energy_plot(frame, args)
     complexity = adc_rows.assign(adc_kbit=adc_rows.adc_complexity / 1000)
     accuracy_plot(complexity, "adc_kbit", args, f"Accuracy vs ADC complexity (DAC {max(args.dac_bits)} bits); {device}", args.out / "accuracy_vs_adc_complexity.png", "ADC complexity (kbit converted per step)")
+
+
+def energy_plot(frame, args):
+    """Accuracy vs energy per inference: one point per setting (mapping, converters; mean over draws), models as hue."""
+    points = frame.groupby(["noise", "mapping", "model", "adc_bits", "dac_bits"], as_index=False).agg(
+        accuracy=("accuracy", "mean"), energy_per_inference_nj=("energy_per_inference_nj", "first"),
+    )
+    grid = sns.relplot(
+        data=points, x="energy_per_inference_nj", y="accuracy", hue="model", style="mapping", col="noise",
+        col_order=[n for n in NOISES if n in set(points.noise)], kind="scatter", s=60, height=3.3, aspect=1.2,
+    )
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.axhline(CHANCE, color="lightgray", linestyle=":", linewidth=1)
+    grid.set_axis_labels("energy per inference (nJ, log; aimc_ssm.analog.ledger)", "test accuracy")
+    grid.figure.suptitle(f"Accuracy vs energy on {args.device}: one point per mapping and converter setting", y=1.04)
+    save_figure(grid.figure, args.out / "accuracy_vs_energy.png")
+
+
+def main_table(frame):
+    """The summary's table: mean and spread of the accuracy per setting, with its energy, latency and unstable channels."""
+    return frame.groupby(["noise", "mapping", "model", "adc_bits", "dac_bits"], as_index=False).agg(
+        accuracy=("accuracy", "mean"), spread=("accuracy", "std"), digital=("digital_accuracy", "first"),
+        unstable_channels=("unstable_channels", "mean"), energy_nj=("energy_per_inference_nj", "first"),
+        latency_us=("latency_per_inference_us", "first"), draws=("repeat", "count"),
+    )
 
 
 def summary(frame, args) -> str:
@@ -297,7 +346,26 @@ def summary(frame, args) -> str:
             "kernel's recurrence tolerates far less weight and output noise than the device has. How much less:\n"
             "studies/noise_resilience.py (accuracy_vs_device_noise.png scales the device's noise down).\n"
         )
-    return text
+    return text + best_on_device(frame)
+
+
+def best_on_device(frame) -> str:
+    """The best and the worst setting under the device's noise, with their unstable channels: what works next to what does not."""
+    device = frame[frame.noise == "device"]
+    if device.empty:
+        return ""
+    stats = device.groupby(["mapping", "model", "adc_bits", "dac_bits"]).agg(
+        accuracy=("accuracy", "mean"), spread=("accuracy", "std"), digital=("digital_accuracy", "first"), unstable=("unstable_channels", "mean"),
+    )
+    lines = []
+    for label, (key, row) in (("best", next(stats.sort_values("accuracy", ascending=False).iterrows())), ("worst", next(stats.sort_values("accuracy").iterrows()))):
+        mapping, model, adc, dac = key
+        lines.append(
+            f"{label} under the device's noise: {model} on the {mapping} mapping, ADC {adc} / DAC {dac} bits: "
+            f"{100 * row.accuracy:.1f} ± {100 * (row.spread if row.spread == row.spread else 0):.1f} % (digital {100 * row.digital:.1f} %), "
+            f"{row.unstable:.1f} unstable channels"
+        )
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -310,20 +378,23 @@ def main(argv=None):
     zoo = ModelZoo(study_setup(args), args.models_dir)
     models = study_models(zoo, args.bits, args.recipe, methods=[t for t in args.training if t != "hwa"])
     if "hwa" in args.training:
-        base = StudyModel("float", "float", 32, zoo.float_model)
-        hwa = KernelHWA(mapping=args.hwa_mapping, t_inference=args.t_inference, **devices.kernel_options())
-        calibration = calibration_inputs(zoo).to(zoo.device)
-        models.append(kernel_hwa_entry(zoo, base, devices, calibration, hwa, args.hwa_epochs, args.hwa_lr, args.hwa_linear_noise))
-    hwa_settings = {"epochs": args.hwa_epochs, "lr": args.hwa_lr, "mapping": args.hwa_mapping, "linear_noise": args.hwa_linear_noise}
+        models.append(kernel_hwa_entry(zoo, devices, calibration_inputs(zoo).to(zoo.device), args))
     setup_key = study_key(
-        zoo, devices=devices.as_dict(), recipe=args.recipe, t_inference=args.t_inference, seed=args.seed, hwa=hwa_settings
+        zoo, devices=devices.as_dict(), recipe=args.recipe, t_inference=args.t_inference, seed=args.seed, hwa=kernel_hwa_settings(args)
     )
     table = ResultTable(args.out / "results.csv", KEY)
     points = run_points(models, setup_key, args)
     run_sweep(zoo, devices, table, points, args)
     frame = table.rows_of(run_keys(points))
     plot(frame, args)
-    print(summary(frame, args))
+    text = summary(frame, args)
+    linear, kernel = devices.configs()
+    write_summary(
+        args.out, main_table(frame), f"ADC sweep on {args.device}", list(main_table(frame).columns),
+        ["accuracy_vs_adc_bits.png", "accuracy_vs_dac_bits.png", "accuracy_vs_adc_complexity.png", "accuracy_vs_energy.png"],
+        args, {"linear": linear, "kernel": kernel, "settings": devices.as_dict()}, notes=best_on_device(frame),
+    )
+    print(text)
     print(f"wrote {args.out / 'results.csv'} and plots to {args.out}")
 
 

@@ -40,6 +40,7 @@ from aimc_ssm.quant.metrics import report
 from aimc_ssm.quant.precision import RECIPES, PrecisionSpec, recipe_spec
 from aimc_ssm.quant.search import METRICS, allocation_key, check_bits_list
 from aimc_ssm.study.harness import RESULTS, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "complexity"
@@ -55,7 +56,7 @@ def parse_args(argv=None):
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--spec", type=Path, default=None, help="PrecisionSpec JSON of the allocation")
     choice.add_argument("--bits", type=int, default=None, help="uniform allocation: the --recipe at this many bits")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25", help="recipe of a uniform allocation (default: %(default)s)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="channel-asym", help="recipe of a uniform allocation (default: %(default)s)")
     parser.add_argument(
         "--search-result", type=Path, default=RESULTS / "heterogeneous" / "final_spec.json",
         help="the heterogeneous study's spec, used when neither --spec nor --bits is given and it exists (default: %(default)s)",
@@ -150,7 +151,9 @@ def main(argv=None):
     table.measure_pending(points, lambda point: measure(zoo, spec, source, point), NAME)
     frame = table.rows_of(run_keys(points))
     plot(frame, source, args.out / "complexity.png")
-    print(frame.pivot(index="quantity", columns="model", values="value")[list(MODELS)].to_string())
+    pivot = frame.pivot(index="quantity", columns="model", values="value")[list(MODELS)]
+    write_summary(args.out, pivot.reset_index(), "Hardware metrics", ["quantity", *MODELS], ["complexity.png"], args)
+    print(pivot.to_string())
     print(f"wrote {args.out / 'results.csv'} and {args.out / 'complexity.png'}")
 
 

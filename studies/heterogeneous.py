@@ -43,6 +43,7 @@ from aimc_ssm.io import atomic_write, config_key, save_figure
 from aimc_ssm.quant.precision import COMPONENTS, RECIPES
 from aimc_ssm.quant.search import DEFAULT_LADDER, METRICS, bits_key, check_ladder, resolve_cutoff
 from aimc_ssm.study.harness import Budget, ResultTable, prepare, study_parser, study_setup
+from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo, search_precision
 
 NAME = "heterogeneous"
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     limit.add_argument("--tolerance", type=float, default=None, help="accuracy drop allowed below float (default: 0.01, one point)")
     limit.add_argument("--cutoff", type=float, default=None, help="absolute validation accuracy to keep, instead of --tolerance")
     parser.add_argument("--ladder", nargs="+", type=int, default=None, help="bit widths to step through " + BUDGET.help("ladder"))
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25", help="quantizer recipe (default: %(default)s)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="channel-asym", help="quantizer recipe (default: %(default)s)")
     parser.add_argument(
         "--components", nargs="+", choices=COMPONENTS, default=None, help="components to search (default: all the recipe quantizes)"
     )
@@ -168,6 +169,11 @@ def main(argv=None):
     trace = table.rows_of({"search": search, "step": step.step} for step in result.trace)  # in step order, as the search added them
     plot_trace(trace, result, args.out / "trace.png")
     headline = ("bits", "reductions", "memory_saved_percent", "accuracy", "cutoff", "test_accuracy")
+    steps = trace.drop(columns=[c for c in ("search", "seconds") if c in trace.columns])
+    write_summary(
+        args.out, steps, "Heterogeneous precision search", list(steps.columns), ["trace.png"], args,
+        notes="".join(f"- {k}: {summary[k]}\n" for k in headline) + "\nThe specification found: final_spec.json. The search, step by step:",
+    )
     print(json.dumps({k: summary[k] for k in headline}, indent=2))
     print(f"wrote {args.out}/results.csv, final_spec.json, summary.json and trace.png")
 

@@ -1,6 +1,6 @@
 """Greedy pruning ([S25]) of float and QAT S4D models, and what it saves on the fused crossbars.
 
-For every model (float; z25-state16 QAT at --bits), kind and scope, greedy pruning (aimc_ssm.quant.pruning) walks
+For every model (float; channel-asym-state16 QAT at --bits), kind and scope, greedy pruning (aimc_ssm.quant.pruning) walks
 the candidates smallest magnitude first and keeps an element zeroed while the validation accuracy
 stays within --tolerance (1 point) of the unpruned model's:
 
@@ -96,6 +96,7 @@ from aimc_ssm.study.analog import (
     study_models,
 )
 from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "pruning"
@@ -108,7 +109,7 @@ def parse_args(argv=None):
     parser = study_parser(NAME, __doc__, BUDGET)
     add_device_flags(parser, converter_bits=CONVERTER_BITS)
     parser.add_argument("--noise-scale", type=float, default=0.0, help="the device's noise sources x this in the analog check (default: %(default)s, converters only)")
-    parser.add_argument("--bits", nargs="+", type=int, default=[8], help="bit widths of the QAT models (z25-state16 recipe; default: %(default)s)")
+    parser.add_argument("--bits", nargs="+", type=int, default=[8], help="bit widths of the QAT models (channel-asym-state16 recipe; default: %(default)s)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="default: all three")
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the pruned model may lose on the validation subset (default: %(default)s)")
     parser.add_argument("--max-candidates", type=int, default=None, help="try only the smallest candidates of each run " + BUDGET.help("max_candidates"))
@@ -185,7 +186,7 @@ def analog_accuracy(zoo, model, devices, calibration, args) -> float:
     deployer = Deployer(model, calibration, one_setting("mapping", args.mapping), **devices.kernel_options())
     analog = deployer(devices.configs(noise_scale=args.noise_scale))
     t_inference = DRIFT_TIMES["1s"] if args.noise_scale > 0 else None  # no noise: the tiles keep their targets
-    return analog_draws(analog, zoo.batches("test"), 1, args.seed, [t_inference], zoo.device)[0][0].accuracy
+    return analog_draws(analog, zoo.batches("test"), 1, args.seed, [t_inference], zoo.device, devices.zero_cells)[0][0].accuracy
 
 
 def run_all(zoo, devices, table, points, mask_dir, args):
@@ -246,12 +247,14 @@ def plot(frame, args):
     save_figure(grid.figure, args.out / "savings.png")
 
 
-def summary(frame) -> str:
-    columns = [
+SUMMARY_COLUMNS = [
         "model", "kind", "scope", "pruned", "candidates", "pruned_fraction", "val_accuracy_unpruned", "val_accuracy", "test_accuracy",
-        "analog_accuracy_unpruned", "analog_accuracy", "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "evaluations",
-    ]
-    return frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    "analog_accuracy_unpruned", "analog_accuracy", "crossbar_cells", "crossbar_cells_unpruned", "adc_complexity", "adc_complexity_unpruned", "evaluations",
+]
+
+
+def summary(frame) -> str:
+    return frame[SUMMARY_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
 def main(argv=None):
@@ -262,7 +265,7 @@ def main(argv=None):
     except DeviceError as err:
         sys.exit(f"error: {err}")
     zoo = ModelZoo(study_setup(args), args.models_dir)
-    models = study_models(zoo, args.bits, "z25-state16", methods=("float", "qat"))
+    models = study_models(zoo, args.bits, "channel-asym-state16", methods=("float", "qat"))
     pruning_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)
     setup_key = study_key(zoo, pruning=pruning_key, devices=devices.as_dict(), noise_scale=args.noise_scale, seed=args.seed)
     table = ResultTable(args.out / "results.csv", KEY)
@@ -270,6 +273,11 @@ def main(argv=None):
     run_all(zoo, devices, table, points, args.out / "masks" / pruning_key, args)
     frame = table.rows_of(run_keys(points))
     plot(frame, args)
+    linear, kernel = devices.configs(noise_scale=args.noise_scale)
+    write_summary(
+        args.out, frame, "Pruning", SUMMARY_COLUMNS, [p for p in ("pruned_fraction.png", "per_layer.png", "savings.png") if (args.out / p).exists()], args,
+        {"linear": linear, "kernel": kernel, "settings": devices.as_dict()},
+    )
     print(summary(frame))
     print(f"wrote {args.out / 'results.csv'}, masks and plots to {args.out}")
 

@@ -6,7 +6,7 @@ spec with that component alone quantized by the --recipe quantizer (aimc_ssm.qua
 "all": the whole recipe, the state included). Each is measured after PTQ of the float model and
 after QAT (fine-tuned from it, --qat-epochs, cached per spec), on the test subset in recurrent mode:
 the deployed recurrence, the state re-quantized every step.
-Headline: the z25-state16 recipe at 8 bits (state 16 bits) PTQ vs QAT in conv and in recurrent mode.
+Headline: the channel-asym-state16 recipe at 8 bits (state 16 bits) PTQ vs QAT in conv and in recurrent mode.
 [Z25] reports on sMNIST, recurrent mode: PTQ about 40 %, QAT about 96 %, float about 97 %.
 
     python studies/ptq_vs_qat.py --quick      # A and state at 4 and 8 bits; about a minute on 2 cores
@@ -21,7 +21,7 @@ convolution (aimc_ssm.study.zoo). Models are cached in --models-dir, so the othe
 results/ptq_vs_qat/results.csv, one row per accuracy measured (a killed run resumes):
     setup       hash of the models and evaluation subset (aimc_ssm.study.zoo.ModelZoo.key)
     experiment  "float", "sweep" or "headline"
-    recipe      quantizer recipe (aimc_ssm.quant.precision.RECIPES; "z25-state16" for the headline; "float")
+    recipe      quantizer recipe (aimc_ssm.quant.precision.RECIPES; "channel-asym-state16" for the headline; "float")
     component   the quantized component (A ... coder, "all"); "none" for the float model
     bits        its bits (32 for float)
     method      "float", "ptq" or "qat"
@@ -44,19 +44,20 @@ from aimc_ssm.io import save_figure
 from aimc_ssm.quant.precision import FLOAT_BITS, RECIPES, PrecisionSpec, recipe_spec
 from aimc_ssm.quant.search import SWEEP_COMPONENTS, check_bits_list, sensitivity_points
 from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.summary import markdown_table, write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
 NAME = "ptq_vs_qat"
 KEY = ["setup", "experiment", "recipe", "component", "bits", "method", "mode"]
 BUDGET = Budget(full={"components": SWEEP_COMPONENTS, "bits": (2, 4, 8)}, quick={"components": ("A", "state"), "bits": (4, 8)})
-HEADLINE_RECIPE, HEADLINE_BITS = "z25-state16", 8  # [Z25]: 8 bits, the state at 16
+HEADLINE_RECIPE, HEADLINE_BITS = "channel-asym-state16", 8  # [Z25]: 8 bits, the state at 16
 
 
 def parse_args(argv=None):
     parser = study_parser(NAME, __doc__, BUDGET)
     parser.add_argument("--components", nargs="+", choices=SWEEP_COMPONENTS, default=None, help=BUDGET.help("components"))
     parser.add_argument("--bits", nargs="+", type=int, default=None, help="bit widths " + BUDGET.help("bits"))
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25", help="quantizer recipe of the sweep (default: %(default)s)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="channel-asym", help="quantizer recipe of the sweep (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", choices=("ptq", "qat"), default=["ptq", "qat"])
     args = parser.parse_args(argv)
     try:
@@ -146,7 +147,14 @@ def main(argv=None):
     frame = table.rows_of(run_keys(points))
     plot_sweep(frame, args, args.out)
     plot_headline(frame, args.out)
-    print(frame[frame.experiment != "sweep"][["experiment", "method", "mode", "accuracy"]].to_string(index=False))
+    headline = frame[frame.experiment != "sweep"][["experiment", "method", "mode", "accuracy"]]
+    sweep = frame[frame.experiment == "sweep"].pivot_table(index=["method", "mode"], columns="bits", values="accuracy").reset_index()
+    write_summary(
+        args.out, headline, "PTQ vs QAT", list(headline.columns),
+        [p for p in ("headline.png", "accuracy_vs_bits.png") if (args.out / p).exists()], args,
+        notes="Accuracy per bit width of the sweep (columns: bits):\n\n" + markdown_table(sweep),
+    )
+    print(headline.to_string(index=False))
     print(f"wrote {args.out / 'results.csv'} and plots to {args.out}")
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
 import pytest
 import torch
 
 from aimc_ssm.analog.devices import DeviceError
 from aimc_ssm.analog.hwa import with_weight_noise
+from aimc_ssm.analog.kernel import MAPPINGS
 from aimc_ssm.core.model import ModelConfig, S4DModel
-from aimc_ssm.quant.precision import PrecisionSpec
+from aimc_ssm.quant.precision import recipe_spec
 from aimc_ssm.quant.quantize import quantize_, without_state_quantizer
 from aimc_ssm.study.analog import Deployer, DeviceSettings, add_device_flags
 
@@ -28,7 +30,8 @@ def test_help_documents_flags_and_columns(studies, name):
 def test_adc_sweep_quick_writes_rows_and_plots_and_resumes(tmp_path, studies):
     out = tmp_path / "adc_sweep"
     key = ["setup", "model", "mapping", "noise", "adc_bits", "dac_bits", "repeat"]
-    result = studies.quick("adc_sweep", out)
+    every = ("--training", "float", "ptq", "qat", "hwa", "--mapping", *MAPPINGS, "--noise", "converters", "stochastic", "device")
+    result = studies.quick("adc_sweep", out, *every)
     frame = studies.results(out, key)
     assert {
         "setup", "model", "method", "training", "bits", "mapping", "noise", "adc_bits", "dac_bits", "repeat", "accuracy",
@@ -48,22 +51,32 @@ def test_adc_sweep_quick_writes_rows_and_plots_and_resumes(tmp_path, studies):
     assert high / low == pytest.approx(14 / 8)  # every conversion at the ADC's bits
     for plot in ("accuracy_vs_adc_bits", "accuracy_vs_dac_bits", "accuracy_vs_adc_complexity"):
         assert (out / f"{plot}.png").stat().st_size > 0
-    assert "vs ADC bits" in result.stdout  # the summary table
-    studies.check_resumes("adc_sweep", out, key)
+    assert "vs ADC bits" in result.stdout and "best under the device's noise" in result.stdout  # the summary
+    studies.check_resumes("adc_sweep", out, key, *every)
 
 
 def test_noise_resilience_quick_writes_rows_and_plots_and_resumes(tmp_path, studies):
     out = tmp_path / "noise_resilience"
-    key = ["setup", "experiment", "model", "target", "mapping", "noise", "t_inference", "repeat"]
+    key = ["setup", "experiment", "model", "target", "mapping", "compensation", "noise", "t_inference", "repeat"]
     studies.quick("noise_resilience", out)
     frame = studies.results(out, key)
     assert {"setup", "experiment", "model", "target", "mapping", "noise", "train_noise", "t_inference", "repeat", "accuracy", "unstable_channels", "samples"} <= set(frame.columns)
-    assert set(frame.experiment) == {"test", "hwa", "device", "drift"} and set(frame.model) == {"float", "qat-8"}
+    assert set(frame.experiment) == {"test", "hwa", "device", "sources", "drift"} and set(frame.model) == {"float", "qat-8"}
     # per model, one draw where there is no noise and two elsewhere: test 2 targets x sigmas (0, 0.5, 5 %),
     # hwa A at 1 %; per mapping (three), device at noise scales 0, 0.03, 1, drift at 0.03 read at 4 times
-    per_model = {"test": 2 * (1 + 2 + 2), "hwa": 2, "device": 3 * (1 + 2 + 2), "drift": 3 * 2 * 4}
+    # sources: per mapping, programming noise alone and all of it, two draws each
+    per_model = {"test": 2 * (1 + 2 + 2), "hwa": 2, "device": 3 * (1 + 2 + 2), "sources": 3 * 2 * 2, "drift": 3 * 2 * 4}
     assert set(frame[frame.experiment.isin(["device", "drift"])].mapping) == {"direct", "balanced", "incremental"}
-    assert (frame[frame.experiment.isin(["test", "hwa"])].mapping == "none").all()
+    assert (frame[frame.experiment.isin(["test", "hwa"])][["mapping", "compensation"]] == "none").all().all()
+    assert (frame[frame.experiment.isin(["device", "sources", "drift"])].compensation == "averaged").all()  # --quick: the kernels' default
+    sources = frame[frame.experiment == "sources"]
+    assert set(sources.target) == {"programming", "all"} and (sources.t_inference == 3600).all()
+    modes = pd.read_csv(out / "modes.csv")  # every draw's read-back modes: 16 channels x 32 modes
+    assert len(modes) == len(sources) * 16 * 32 and set(modes.source) == {"programming", "all"}
+    draw = ["model", "mapping", "source", "repeat"]
+    unstable = modes.groupby([*draw, "channel"]).unstable.any().groupby(draw).sum()  # channels with a mode outside
+    recorded = sources.rename(columns={"target": "source"}).set_index(draw).unstable_channels
+    assert (unstable.sort_index() == recorded.sort_index().astype(int)).all()
     assert frame.groupby("experiment").size().to_dict() == {e: 2 * n for e, n in per_model.items()}
     assert frame.accuracy.between(0, 1).all()
     assert set(frame[frame.experiment == "test"].target) == {"A", "A_bar"}
@@ -73,7 +86,7 @@ def test_noise_resilience_quick_writes_rows_and_plots_and_resumes(tmp_path, stud
     assert sorted(drift.t_inference.unique()) == [1.0, 3600.0, 86400.0, 365 * 86400.0]
     clean = frame[(frame.experiment == "test") & (frame.noise == 0)]
     assert len(clean) == 2 * 2  # two models x two targets, one draw each: no noise to draw
-    for plot in ("accuracy_vs_sigma", "accuracy_vs_device_noise", "accuracy_vs_drift"):
+    for plot in ("accuracy_vs_sigma", "accuracy_vs_device_noise", "accuracy_vs_drift", "modes"):
         assert (out / f"{plot}.png").stat().st_size > 0
     studies.check_resumes("noise_resilience", out, key)
 
@@ -161,7 +174,7 @@ def dac_ranges(analog) -> dict[str, torch.Tensor]:
 
 
 def test_deployer_calibrates_once_and_reuses_the_ranges():
-    model = quantize_(tiny_model(), PrecisionSpec.z25(8))
+    model = quantize_(tiny_model(), recipe_spec("channel-asym-state16", 8))
     calibration = torch.randn(8, 20, 1)
     deployer = Deployer(model, calibration)
     first = deployer(DeviceSettings("pcm").configs(noise_scale=0.0, adc_bits=12))
@@ -179,7 +192,7 @@ def test_deployer_calibrates_once_and_reuses_the_ranges():
 
 
 def test_weight_noise_on_A_and_A_bar():
-    model = quantize_(tiny_model(), PrecisionSpec.z25(8))
+    model = quantize_(tiny_model(), recipe_spec("channel-asym-state16", 8))
     clean = without_state_quantizer(model)
     dA = clean.blocks[0].ssm.ssm_parameters()[0].detach()
     silent = with_weight_noise(clean, 0.0, "A_bar")

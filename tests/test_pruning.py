@@ -81,7 +81,7 @@ def test_greedy_rejects_everything_beyond_tolerance():
 
 
 def test_structured_masks_remove_whole_modes_after_quantization():
-    for spec in (None, PrecisionSpec.z25(6), PrecisionSpec.uniform(4)):
+    for spec in (None, PrecisionSpec.channel_asym(6), PrecisionSpec.uniform(4)):
         model = attach_masks(tiny_model(spec))
         ssm = model.blocks[0].ssm
         before = [p.detach().clone() for p in ssm.ssm_parameters()]
@@ -98,7 +98,7 @@ def test_structured_masks_remove_whole_modes_after_quantization():
 
 
 def test_a_pruned_qat_model_with_noise_on_A_bar_composes_in_the_declared_order():
-    model = attach_masks(tiny_model(PrecisionSpec.z25(6)))  # a QAT model's quantizers, then masks
+    model = attach_masks(tiny_model(PrecisionSpec.channel_asym(6)))  # a QAT model's quantizers, then masks
     keep = model.blocks[0].ssm.transform("pruning").keep_mode
     set_pruned([(keep, 1)], True)  # channel 0 mode 1
     quantized = model.blocks[0].ssm.ssm_parameters()[0].detach()
@@ -114,7 +114,7 @@ def test_a_pruned_qat_model_with_noise_on_A_bar_composes_in_the_declared_order()
 
 
 def test_masks_reach_the_crossbars():
-    model = attach_masks(tiny_model(PrecisionSpec.z25(6)))
+    model = attach_masks(tiny_model(PrecisionSpec.channel_asym(6)))
     ssm = model.blocks[0].ssm
     set_pruned([(ssm.transform("pruning").keep_mode, 0), (ssm.transform("pruning").keep_C, 5)], True)  # channel 0 mode 0; C of channel 1 mode 1
     mixing = dict(model.named_modules())["blocks.0.mixing"]
@@ -158,7 +158,7 @@ def test_prune_keeps_the_smallest_modes_the_test_accepts():
 
 
 def test_crossbar_and_adc_recount():
-    spec = PrecisionSpec.z25(6)  # bits to count with; the float model has no weight quantized to zero
+    spec = PrecisionSpec.channel_asym(6)  # bits to count with; the float model has no weight quantized to zero
     model = attach_masks(tiny_model())
     unpruned = crossbar_report(model)
     assert unpruned == {"live_modes": H * N // 2, "crossbar_rows": N + 2, "crossbar_cols": N + 1, "crossbar_cells": H * (N + 2) * (N + 1)}

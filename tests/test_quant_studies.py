@@ -128,3 +128,24 @@ def test_budget_fills_the_flags_left_at_none():
         Budget(full={"repeats": 3}, quick={})
     with pytest.raises(SystemExit):
         parser.parse_args(["--test-samples", "0"])
+
+
+def test_reproduce_quick_writes_the_report_and_resumes(tmp_path, studies):
+    out = tmp_path / "reproduce"
+    key = ["setup", "finding", "quantity", "seed"]
+    studies.quick("reproduce", out, "--test-samples", "60")
+    frame = studies.results(out, key)
+    f1 = frame[frame.finding == "F1"]
+    assert set(frame.finding) == {"F1", "F3"} and set(f1.seed) == {0}  # --quick: one seed
+    accuracies = f1[~f1.quantity.str.startswith("max_abs_A")]
+    assert accuracies.value.between(0, 1).all() and {"float", "ptq", "qat", "ptq without joint range"} <= set(f1.quantity)
+    radius = f1.set_index("quantity").value
+    # the joint Re/Im range is what puts |Ā| above the circle: reverting it brings every mode back inside
+    assert radius["max_abs_A without joint range"] < 1 <= radius["max_abs_A ptq"]
+    assert radius["max_abs_A channel-asym-state16"] < 1 <= radius["max_abs_A channel-asym-state16 with joint range"]
+    f3 = frame[frame.finding == "F3"].set_index("quantity").value
+    assert f3["ace"] == 202_768_384 and f3["model_size_bytes"] == 787_456 and f3["adc_complexity"] == 2_134_336
+    report = (out / "report.md").read_text()
+    assert all(f"| F{i} |" in report for i in range(1, 8)) and "F1 ablation" in report
+    assert (out / "summary.md").exists() and (out / "run.json").exists()
+    studies.check_resumes("reproduce", out, key, "--test-samples", "60")

@@ -13,7 +13,7 @@ from aimc_ssm.cache import float_model, qat_model
 from aimc_ssm.core.data import load_dataset, make_loaders
 from aimc_ssm.core.model import ModelConfig, S4DModel
 from aimc_ssm.core.train import DivergenceError, TrainConfig, evaluate
-from aimc_ssm.quant.precision import COMPONENTS, PrecisionSpec
+from aimc_ssm.quant.precision import ACTIVATION_QUANTIZERS, COMPONENTS, QUANTIZERS, PrecisionSpec
 from aimc_ssm.quant.qrecurrent import quantized_scan, quantized_scan_ref
 from aimc_ssm.quant.quantize import calibrate, precision_of, ptq_model, quantize_, stability_report
 from aimc_ssm.quant.quantizers import FLOAT, QuantizerConfig
@@ -47,9 +47,12 @@ def inputs(batch=3, length=24, channels=1, seed=1, dtype=torch.float32):
         PrecisionSpec.float(),
         PrecisionSpec.uniform(4),
         PrecisionSpec.uniform(5, "continuous", scheme="asymmetric", ste="clipped"),
+        PrecisionSpec.channel_asym(8),
+        PrecisionSpec.channel_asym(6, 12, "polar", ranges="static"),
+        PrecisionSpec.s25(7).with_bits("state", 5).replace(partial_products=True),
         PrecisionSpec.z25(8),
         PrecisionSpec.z25(6, 12, "polar", ranges="static"),
-        PrecisionSpec.s25(7).with_bits("state", 5).replace(partial_products=True),
+        PrecisionSpec.z25(4, scheme="symmetric").with_bits("y", None).replace(act_point="block_output"),
     ],
 )
 def test_spec_round_trips_through_json_and_dict(spec):
@@ -57,20 +60,49 @@ def test_spec_round_trips_through_json_and_dict(spec):
     assert PrecisionSpec.from_dict(spec.to_dict()) == spec
 
 
+NEW_SPEC_FIELDS = ("encoder_input", "ssm_input", "y", "pre_activation", "decoder_input", "act_point", "state_proxy_levels", "hard_gelu")
+NEW_QUANTIZER_FIELDS = ("complex_range", "zero_point_bits", "symmetric_grid", "clamp")
+
+
+def older_json(spec: PrecisionSpec) -> dict:
+    """`spec` as JSON written before the fields that reproduce [Z25]'s and [S25]'s code existed."""
+    d = {k: v for k, v in spec.to_dict().items() if k not in NEW_SPEC_FIELDS}
+    for name in COMPONENTS:
+        d[name] = {k: v for k, v in d[name].items() if k not in NEW_QUANTIZER_FIELDS}
+    return d
+
+
+@pytest.mark.parametrize("spec", [PrecisionSpec.channel_asym(8), PrecisionSpec.uniform(5, "continuous"), PrecisionSpec.float()])
+def test_older_json_loads_with_its_old_meaning(spec):
+    loaded = PrecisionSpec.from_dict(older_json(spec))
+    assert loaded == spec
+    assert all(loaded.config(q).is_float for q in ACTIVATION_QUANTIZERS) and not loaded.hard_gelu
+    assert loaded.act_point == "mixing_input" and loaded.state_proxy_levels == "state"
+    assert all(loaded.config(c).complex_range == "planes" and loaded.config(c).zero_point_bits is None for c in COMPONENTS)
+
+
 def test_presets_follow_the_recipes():
+    channel = PrecisionSpec.channel_asym()
+    assert channel.parameterization == "cartesian" and channel.bits("state") == 16
+    assert channel.A == QuantizerConfig(8, "asymmetric", 99.999, "channel", "dynamic", "clipped")
+    assert channel.mixing.granularity == "tensor" and channel.bits("dt") == 32
+    assert channel.quantized() == ("A", "B", "C", "D", "state", "act", "mixing", "coder")
+    assert PrecisionSpec.channel_asym(8, ranges="static").static() == channel.quantized()
     z25 = PrecisionSpec.z25()
-    assert z25.parameterization == "cartesian" and z25.bits("state") == 16
-    assert z25.A == QuantizerConfig(8, "asymmetric", 99.999, "channel", "dynamic", "clipped")
-    assert z25.mixing.granularity == "tensor" and z25.bits("dt") == 32
-    assert z25.quantized() == ("A", "B", "C", "D", "state", "act", "mixing", "coder")
+    assert z25.quantized() == channel.quantized() and z25.bits("state") == 16 and z25.partial_products
+    assert z25.A == replace(channel.A, complex_range="joint", zero_point_bits=16)
+    assert z25.state == replace(channel.A, bits=16, complex_range="joint", zero_point_bits=16, clamp=50.0)
+    assert z25.y.granularity == "step" and z25.y.clamp == 1000 and z25.decoder_input.granularity == "tensor"
+    assert set(PrecisionSpec.z25(8, ranges="static").static()) == set(QUANTIZERS) - {"dt"}
     s25 = PrecisionSpec.s25(6)
-    assert s25.parameterization == "continuous" and s25.conv_state_proxy
+    assert s25.parameterization == "continuous" and s25.conv_state_proxy and s25.act_point == "block_output"
     assert s25.quantized() == ("A", "C", "dt", "state", "act", "mixing", "coder")
-    assert s25.A == QuantizerConfig(6, "symmetric", 100, "tensor", "dynamic", "identity")
+    assert s25.A == QuantizerConfig(6, "symmetric", 100, "tensor", "dynamic", "identity", symmetric_grid="q-levels")
+    assert s25.C.complex_range == "joint" and s25.proxy_config().bits == 5
     assert s25.with_bits("B", 3).B == replace(s25.A, bits=3)  # a float component keeps the recipe's options
-    assert all(PrecisionSpec.float().bits(c) == 32 for c in COMPONENTS)
+    assert all(PrecisionSpec.float().bits(q) == 32 for q in QUANTIZERS)
     assert PrecisionSpec.uniform(4).bits("dt") == 32 and PrecisionSpec.uniform(4, "continuous").bits("dt") == 4
-    assert PrecisionSpec.z25(8, ranges="static").static() == z25.quantized()
+    assert z25.only("state").quantized() == ("state",) and z25.only("state").partial_products
 
 
 def test_spec_errors_name_the_allowed_values():
@@ -93,6 +125,14 @@ def test_spec_errors_name_the_allowed_values():
         PrecisionSpec.from_dict({"A": FLOAT.to_dict(), "mode": "fast"})
     with pytest.raises(TypeError, match="with_bits"):
         PrecisionSpec(A=4)
+    with pytest.raises(ValueError, match="choose one of .*block_output"):
+        PrecisionSpec(act_point="after")
+    with pytest.raises(ValueError, match="choose one of .*half"):
+        PrecisionSpec(state_proxy_levels="quarter")
+    with pytest.raises(ValueError, match="mixing has no time axis"):
+        PrecisionSpec(mixing=QuantizerConfig(4, granularity="step"))
+    with pytest.raises(ValueError, match="at least 2 bits"):
+        PrecisionSpec(state=QuantizerConfig(1), state_proxy_levels="half")
 
 
 # -- quantize_ ------------------------------------------------------------------------------------------
@@ -116,31 +156,84 @@ def test_quantized_model_exposes_the_quantized_system():
     assert torch.unique(model.blocks[0].mixing.weight.detach()).numel() <= 7
     assert not torch.equal(model.blocks[0].mixing.weight, model.blocks[0].mixing.parametrizations.weight.original)
     state = model.blocks[0].ssm.quantization.state(torch.randn(2, 3, 4, dtype=torch.cfloat))
-    assert torch.unique(state.real).numel() <= 7
+    assert all(torch.unique(sequence.real).numel() <= 7 for sequence in state)  # ranges per sequence
+
+
+def test_hard_gelu_replaces_gelu_and_needs_one():
+    model = quantize_(tiny_model(), PrecisionSpec.z25(8))
+    x = torch.linspace(-4, 4, 17)
+    assert torch.equal(model.blocks[0].activation(x), x * torch.clamp(x + 2, 0, 4) / 4)
+    assert isinstance(quantize_(tiny_model(), PrecisionSpec.channel_asym(8)).blocks[0].activation, torch.nn.GELU)
+    plain = tiny_model(cfg=replace(TINY, activation="none"))
+    with pytest.raises(ValueError, match="hard_gelu.*activation='gelu'"):
+        quantize_(plain, PrecisionSpec.z25(8))
+    assert precision_of(plain) is None and plain.blocks[0].ssm.quantization is None  # nothing half-attached
+
+
+def test_activation_quantizers_sit_where_the_spec_says():
+    model, x = tiny_model(), inputs()
+    spec = PrecisionSpec.z25(3)
+    quantized = quantize_(copy.deepcopy(model), spec)
+    seen = {}
+    names = ("encoder_input_quant", "decoder_input_quant", "blocks.0.input_quant", "blocks.0.pre_activation_quant",
+             "blocks.0.act_quant", "blocks.0.output_quant")
+    modules = dict(quantized.named_modules())
+    for name in names:
+        modules[name].register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, out))
+    with torch.no_grad():
+        quantized(x, "recurrent")
+    # 3-bit asymmetric: at most 8 levels per range; per step over the channels, per sequence elsewhere
+    assert all(torch.unique(step).numel() <= 8 for step in seen["blocks.0.pre_activation_quant"].flatten(0, 1))
+    assert all(torch.unique(sequence).numel() <= 8 for sequence in seen["blocks.0.act_quant"])
+    assert all(torch.unique(sequence).numel() <= 8 for sequence in seen["decoder_input_quant"])
+    assert isinstance(modules["blocks.0.output_quant"], torch.nn.Identity)
+    block_output = quantize_(copy.deepcopy(model), PrecisionSpec.s25(3)).blocks[0]
+    assert isinstance(block_output.act_quant, torch.nn.Identity) and block_output.output_quant.config.bits == 3
 
 
 # -- the quantized recurrence: fast path against its reference twin -----------------------------------------
 PARITY_SPECS = {
     "symmetric-tensor": PrecisionSpec.uniform(6),
-    "asymmetric-channel-percentile": PrecisionSpec.z25(6, 6),
+    "asymmetric-channel-percentile": PrecisionSpec.channel_asym(6, 6),
     "symmetric-clipping-percentile": PrecisionSpec.uniform(6).replace(state=QuantizerConfig(6, "symmetric", 90, "channel")),
-    "static": PrecisionSpec.z25(6, 5, ranges="static"),
-    "partial-products": PrecisionSpec.z25(6, 6).replace(partial_products=True),
+    "static": PrecisionSpec.channel_asym(6, 5, ranges="static"),
+    "partial-products": PrecisionSpec.channel_asym(6, 6).replace(partial_products=True),
     "continuous": PrecisionSpec.s25(6),
     "ternary-state": PrecisionSpec.uniform(6).replace(state=QuantizerConfig(2, ternary=True)),
     "one-bit-state": PrecisionSpec.uniform(6).with_bits("state", 1),
-    "polar": PrecisionSpec.z25(6, 6, "polar"),
-    "polar-partial-products": PrecisionSpec.z25(6, 6, "polar").replace(partial_products=True),
+    "polar": PrecisionSpec.channel_asym(6, 6, "polar"),
+    "polar-partial-products": PrecisionSpec.channel_asym(6, 6, "polar").replace(partial_products=True),
+    # the options of [Z25]'s and [S25]'s code
+    "z25": PrecisionSpec.z25(6, 6),
+    "z25-polar": PrecisionSpec.z25(6, 6, "polar"),
+    "z25-static": PrecisionSpec.z25(6, 5, ranges="static"),
+    "joint-zero-point-limited": PrecisionSpec.channel_asym(6, 5).replace(
+        state=QuantizerConfig(5, "asymmetric", granularity="channel", complex_range="joint", zero_point_bits=2)
+    ),
+    "clamps-that-bite": PrecisionSpec.z25(6, 6).replace(
+        state=replace(PrecisionSpec.z25(6, 6).state, clamp=0.3), y=QuantizerConfig(6, "asymmetric", granularity="step", clamp=0.5)
+    ),
+    "static-clamped-state": PrecisionSpec.channel_asym(6, 5, ranges="static").replace(
+        state=QuantizerConfig(5, "asymmetric", granularity="channel", ranges="static", clamp=0.3)
+    ),
+    "q-levels-state-and-y": PrecisionSpec.s25(4).replace(y=QuantizerConfig(4, symmetric_grid="q-levels", granularity="channel")),
+    "y-only": PrecisionSpec().replace(y=QuantizerConfig(3, "asymmetric", ste="clipped")),
 }
+
+
+def parity_dtype(spec: PrecisionSpec) -> torch.dtype:
+    """float64 where the twins' float results may differ in their last bit before a rounding: the polar form
+    (abs/angle/cos/sin, vectorized vs scalar kernels) and y (its sum over modes runs in another order). In
+    float64 such a difference never reaches a rounding decision; in float32 it could, once in a while."""
+    polar = spec.parameterization == "polar"
+    return torch.float64 if polar or not spec.y.is_float else torch.float32
 
 
 @pytest.mark.parametrize("name", PARITY_SPECS)
 @pytest.mark.parametrize("autograd", [False, True], ids=["inference", "autograd"])
 def test_fast_recurrence_equals_reference(name, autograd, compute):
     spec = PARITY_SPECS[name]
-    # polar form goes through abs/angle/cos/sin, whose vectorized and scalar kernels may differ in the
-    # last float32 bit; in float64 such a difference never reaches a rounding decision
-    dtype = torch.float64 if spec.parameterization == "polar" else torch.float32
+    dtype = parity_dtype(spec)
     model = quantize_(tiny_model().to(compute, dtype), spec)
     if spec.static():
         calibrate(model, [inputs(4, 24, seed=5, dtype=dtype).to(compute)], "recurrent")
@@ -153,6 +246,31 @@ def test_fast_recurrence_equals_reference(name, autograd, compute):
     # the same rounding decisions: a different one would move y by about a 6-bit step
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
     assert fast.requires_grad == autograd
+    if not spec.state.is_float:  # the options are felt: the state is not the float one
+        float_state = quantize_(tiny_model().to(compute, dtype), spec.with_bits("state", None))
+        if spec.static():
+            calibrate(float_state, [inputs(4, 24, seed=5, dtype=dtype).to(compute)], "recurrent")
+        float_ssm = float_state.blocks[0].ssm
+        with torch.no_grad():
+            assert (quantized_scan(u, float_ssm.ssm_parameters(), float_ssm.quantization) - fast).abs().max() > 1e-4
+
+
+def test_clamps_and_zero_point_limits_are_felt_in_the_recurrence():
+    model = quantize_(tiny_model().double(), PARITY_SPECS["clamps-that-bite"])
+    ssm = model.blocks[0].ssm
+    u = inputs(3, 24, channels=3, seed=2, dtype=torch.float64) * 2
+    with torch.no_grad():
+        params = ssm.ssm_parameters()
+        clamped = quantized_scan(u, params, ssm.quantization)
+        dA, dB, C, D = params
+        # y clamped at ±0.5 before the skip term (its top level may sit half a 6-bit step above)
+        assert (clamped - D * u).abs().amax() <= 0.5 * (1 + 1 / 63) + 1e-9
+        states, x = [], None
+        for t in range(u.shape[1]):
+            _, x = ssm.step(u[:, t], ssm.initial_state(3) if x is None else x, params)
+            states.append(x)
+        planes = torch.view_as_real(torch.stack(states))
+        assert planes.abs().max() <= 0.3 * (1 + 1 / 63) + 1e-9 and (planes.abs() > 0.29).any()  # clamped at ±0.3, reached
 
 
 @pytest.mark.parametrize("name", PARITY_SPECS)
@@ -206,7 +324,7 @@ def test_conv_matches_recurrent_when_the_state_is_float():
         torch.testing.assert_close(model(x, "conv"), model(x, "recurrent"), atol=1e-4, rtol=0)
         assert (model(x) - float_model(x)).abs().max() > 1e-3
         # a 16-bit state stays close; the [S25] proxy quantizes kernel and input in conv mode instead
-        z25 = ptq_model(float_model, PrecisionSpec.z25(8, 16).with_bits("act", None))
+        z25 = ptq_model(float_model, PrecisionSpec.channel_asym(8, 16).with_bits("act", None))
         torch.testing.assert_close(z25(x, "conv"), z25(x, "recurrent"), atol=1e-3, rtol=0)
         s25 = ptq_model(float_model, PrecisionSpec.s25(4))
         assert s25.blocks[0].ssm.quantization.state_kernel is not None
@@ -216,7 +334,7 @@ def test_conv_matches_recurrent_when_the_state_is_float():
 # -- static ranges ------------------------------------------------------------------------------------------
 def test_static_ranges_calibrate_in_the_modes_that_use_them():
     float_model, x = tiny_model(), inputs()
-    spec = PrecisionSpec.z25(4, 6, ranges="static")
+    spec = PrecisionSpec.channel_asym(4, 6, ranges="static")
     with pytest.raises(ValueError, match="calibration_batches"):
         ptq_model(float_model, spec)
     model = quantize_(copy.deepcopy(float_model), spec)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -208,3 +209,125 @@ def test_level_count_formula():
     assert QuantizerConfig(bits=8, scheme="asymmetric").levels == 256
     assert QuantizerConfig(bits=2, ternary=True).levels == 3
     assert QuantizerConfig(bits=1).levels == 2 and FLOAT.levels is None
+
+
+# -- the options of the seeds' code ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"complex_range": "both"}, "complex_range"),
+        ({"symmetric_grid": "wide"}, "symmetric_grid"),
+        ({"symmetric_grid": "q-levels", "scheme": "asymmetric"}, "q-levels.*symmetric"),
+        ({"symmetric_grid": "q-levels", "bits": 2, "ternary": True}, "ternary=False"),
+        ({"zero_point_bits": 16}, "asymmetric"),
+        ({"zero_point_bits": 0, "scheme": "asymmetric"}, "1 to 32"),
+        ({"zero_point_bits": 33, "scheme": "asymmetric"}, "1 to 32"),
+        ({"zero_point_bits": True, "scheme": "asymmetric"}, "1 to 32"),
+        ({"granularity": "step", "ranges": "static"}, "step.*dynamic"),
+        ({"clamp": -1.0}, "clamp"),
+        ({"clamp": math.inf}, "clamp"),
+        ({"clamp": True}, "clamp"),
+    ],
+)
+def test_seed_options_are_validated(options, message):
+    with pytest.raises(ValueError, match=message):
+        QuantizerConfig(**options)
+
+
+def test_configs_without_the_newer_fields_keep_their_meaning():
+    old = {"bits": 5, "scheme": "asymmetric", "percentile": 99.0, "granularity": "channel", "ranges": "static", "ste": "clipped", "ternary": False}
+    config = QuantizerConfig.from_dict(old)
+    assert (config.complex_range, config.zero_point_bits, config.symmetric_grid, config.clamp) == ("planes", None, "narrow", None)
+    new = QuantizerConfig(4, "asymmetric", complex_range="joint", zero_point_bits=8, clamp=2.5)
+    assert QuantizerConfig.from_dict(new.to_dict()) == new
+
+
+def s25_max_quant(a: torch.Tensor, q: int) -> torch.Tensor:
+    """[S25]'s abs-max quantizer (BitNet b1.58) at q levels, as its paper writes it."""
+    scale = (q / 2) / a.abs().max()
+    return torch.clamp((a * scale).round(), -q // 2, q // 2) / scale
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 6, 8])
+def test_q_levels_grid_is_s25s(bits):
+    x = torch.randn(4000, generator=torch.Generator().manual_seed(3)).double()
+    config = QuantizerConfig(bits, symmetric_grid="q-levels")
+    xq = FakeQuantizer(config)(x)
+    torch.testing.assert_close(xq, s25_max_quant(x, 2**bits), rtol=1e-12, atol=1e-12)
+    dense = torch.linspace(-3, 3, 70_001).double()
+    assert torch.unique(FakeQuantizer(config)(dense)).numel() == config.levels == 2**bits + 1
+
+
+def z25_tensor_quant(x, lo, hi, bits: int, zero_point_bits: int):
+    """[Z25]'s asymmetric fake quantization as its code computes it: signed integers from -2^(b-1), a
+    zero point clamped to a signed zero_point_bits integer, then dequantized."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    z_limit = 2 ** (zero_point_bits - 1)
+    scale = (hi - lo) / (high - low)
+    zero_point = torch.clamp(torch.round(low - lo / scale), -z_limit, z_limit - 1)
+    return (torch.clamp(torch.round(x / scale + zero_point), low, high) - zero_point) * scale
+
+
+@pytest.mark.parametrize("zero_point_bits", [16, 4])
+def test_zero_point_held_on_its_bits_as_z25s_code(zero_point_bits):
+    # a range far from zero: its zero point needs about 11 bits, so 4 bits clamp it and move the grid
+    x = torch.linspace(100.0, 101.0, 301, dtype=torch.float64)
+    config = QuantizerConfig(4, "asymmetric", percentile=100, zero_point_bits=zero_point_bits)
+    xq = FakeQuantizer(config)(x)
+    torch.testing.assert_close(xq, z25_tensor_quant(x, x.min(), x.max(), 4, zero_point_bits), rtol=0, atol=1e-9)
+    unlimited = FakeQuantizer(replace(config, zero_point_bits=None))(x)
+    if zero_point_bits == 16:
+        assert torch.equal(xq, unlimited)  # a 16-bit zero point holds this range's
+    else:
+        assert (xq - x).abs().min() > 50 and (unlimited - x).abs().max() < 1 / 15  # the grid moved far from x
+
+
+def test_joint_complex_range_shares_one_step_per_channel():
+    z = torch.complex(torch.tensor([[0.01, -0.02, 0.015], [0.5, 0.4, -0.3]]), torch.tensor([[0.9, -0.8, 0.1], [0.2, -0.1, 0.05]]))
+    joint = ComplexQuantizer(QuantizerConfig(4, "asymmetric", percentile=100, granularity="channel", complex_range="joint"), channel_dim=-2)
+    planes = ComplexQuantizer(QuantizerConfig(4, "asymmetric", percentile=100, granularity="channel"), channel_dim=-2)
+    step_joint = joint.parts.grid(torch.stack((z.real, z.imag))).scale
+    assert step_joint.shape == (1, 2, 1)  # one range per channel for both planes
+    torch.testing.assert_close(step_joint[0, 0, 0], torch.tensor(1.7 / 15))  # [-0.8, 0.9] of channel 0
+    # the small real parts of channel 0 fall on the imaginary parts' coarse grid
+    assert (joint(z).real[0] - z.real[0]).abs().max() > (planes(z).real[0] - z.real[0]).abs().max() * 5
+
+
+def test_clamp_comes_before_the_range():
+    x = torch.tensor([-0.5, 0.2, 0.9, 100.0])
+    xq = FakeQuantizer(QuantizerConfig(8, "asymmetric", percentile=100, clamp=1.0))(x)
+    assert xq.max() <= 1 + 1.5 / 255 and (xq[:3] - x[:3]).abs().max() <= 1.5 / 255  # range [-0.5, 1], not 100
+    assert torch.equal(FakeQuantizer(QuantizerConfig(None, clamp=1.0))(x), x)  # float clamps nothing
+    x = x.clone().requires_grad_()
+    FakeQuantizer(QuantizerConfig(8, clamp=1.0))(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0]  # no gradient through the clamped value
+
+
+@pytest.mark.parametrize("options", [{}, {"granularity": "channel"}, {"granularity": "step"}, {"ternary": True, "bits": 2},
+                                     {"scheme": "asymmetric", "percentile": 90.0}])
+def test_dynamic_ranges_are_per_sequence(options):
+    """A sequence quantizes to the same values alone as in a batch of sequences with other ranges."""
+    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(4)) * torch.tensor([0.01, 1.0, 100.0])[:, None, None]
+    q = FakeQuantizer(QuantizerConfig(**{"bits": 4, **options}), channel_dim=-1, batch_dim=-3, step_dim=-2)
+    together = q(x)
+    for b in range(3):
+        assert torch.equal(together[b : b + 1], q(x[b : b + 1]))
+        assert torch.equal(q.quantize_(x[b : b + 1].clone()), together[b : b + 1])
+    per_step = FakeQuantizer(QuantizerConfig(4, granularity="step"), step_dim=-2, batch_dim=-3)(x)
+    for t in range(5):  # one range per (sequence, step) over the channels
+        assert torch.equal(per_step[1, t], FakeQuantizer(QuantizerConfig(4))(x[1, t]))
+
+
+def test_static_ranges_pool_every_sequence_and_ignore_the_batch():
+    q = FakeQuantizer(QuantizerConfig(4, percentile=100, ranges="static", granularity="channel"), channel_dim=-1, batch_dim=-3)
+    calibrated(q, torch.tensor([[[1.0, -2.0]], [[3.0, 0.5]]]))
+    assert q.hi.tolist() == [3.0, 2.0]  # per channel over both sequences
+    x = torch.randn(4, 2, 2)
+    assert torch.equal(q(x)[2:3], q(x[2:3]))
+
+
+def test_per_step_ranges_need_a_time_axis():
+    with pytest.raises(ValueError, match="time axis"):
+        FakeQuantizer(QuantizerConfig(4, granularity="step"))
+    with pytest.raises(ValueError, match="negative axis"):
+        FakeQuantizer(QuantizerConfig(4), batch_dim=0)

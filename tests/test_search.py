@@ -27,7 +27,7 @@ from aimc_ssm.study.harness import StudySetup
 from aimc_ssm.study.zoo import ModelZoo, search_precision
 
 TINY = ModelConfig(d_model=3, d_state=8)
-START = recipe_spec("z25", 12)
+START = recipe_spec("channel-asym", 12)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,8 +60,8 @@ def test_component_spec_quantizes_that_component_alone():
         assert spec.quantized() == (component,) and spec.bits(component) == 5
     assert component_spec("dt", 5).parameterization == "continuous"  # dt is only deployed there
     assert component_spec("A", 5).config("A") == replace(START.config("A"), bits=5)
-    assert component_spec("all", 5) == recipe_spec("z25", 5)
-    assert recipe_spec("z25", 5).bits("state") == 5
+    assert component_spec("all", 5) == recipe_spec("channel-asym", 5)
+    assert recipe_spec("channel-asym", 5).bits("state") == 5
     assert component_spec("all", 4, "s25") == PrecisionSpec.s25(4)
 
 

@@ -79,7 +79,7 @@ def test_cli_reports_bad_input_clearly(capsys):
     assert "/nonexistent/dir" in capsys.readouterr().err
 
 
-def test_bad_train_config():
+def test_bad_train_config(tmp_path):
     with pytest.raises(ValueError, match="compute"):
         TrainConfig(compute="tpu")
     with pytest.raises(ValueError, match="mode"):
@@ -87,7 +87,7 @@ def test_bad_train_config():
     with pytest.raises(ValueError, match="unknown train config keys"):
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="input channels"):
-        float_model(ModelConfig(d_input=3, d_model=4, d_state=4), FAST, progress=False, run_dir="unused")
+        float_model(ModelConfig(d_input=3, d_model=4, d_state=4), FAST, progress=False, run_dir=tmp_path / "unused")
 
 
 def test_infinite_gradients_stop_before_the_weights_turn_nan(tmp_path):

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..validation import check_device_config, check_override
+
 DEVICES_DIR = Path(__file__).resolve().parents[2] / "devices"
 COMMON_KNOBS = {
     "dac_bits": "DAC resolution in bits (forward.inp_res); 0 or None: no input quantization",
@@ -156,6 +158,7 @@ def load_device(name_or_path: str | Path, **overrides) -> Any:
             f"{path}: rpu_config() returned {type(config).__name__}, not an aihwkit inference RPU config; "
             "return an InferenceRPUConfig (compiled tile) or TorchInferenceRPUConfig (pure-PyTorch tile)"
         )
+    check_device_config(config, str(path))
     rest = {k: v for k, v in overrides.items() if k not in own}
     try:
         return apply_overrides(config, **rest)
@@ -167,6 +170,7 @@ def load_device(name_or_path: str | Path, **overrides) -> Any:
 
 def apply_overrides(config, **overrides):
     """Set dotted fields first, then the common knobs; check the result against its tile."""
+    overrides = {key: check_override(config, key, value) for key, value in overrides.items()}
     knobs = {k: v for k, v in overrides.items() if k in COMMON_KNOBS}
     for key, value in overrides.items():
         if key in knobs:

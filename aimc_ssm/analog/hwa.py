@@ -19,6 +19,7 @@ from torch import nn
 
 from ..core.model import S4DModel
 from ..core.s4d import SSMTransform
+from .deploy import ZERO_CELLS
 from .kernel import check_mapping, crossbar_config, mapping_scales, y_column_io
 from .layout import crossbar_matrices, replicate_copies
 from .mvm import converter_step
@@ -104,6 +105,8 @@ class KernelHWA:
     noise_scale       × the device's programming noise, drift and output noise (0: converters only)
     t_inference       seconds of drift the cell perturbations are drawn for
     stability_margin  |Ā| of every mode held at most 1 − margin in the forward (0: off)
+    zero_cells        "programmed" or "unprogrammed": whether cells whose target is zero draw device
+                      error, as aimc_ssm.analog.deploy.program's
     """
 
     mapping: str = "incremental"
@@ -112,6 +115,7 @@ class KernelHWA:
     noise_scale: float = 1.0
     t_inference: float = 3600.0
     stability_margin: float = 0.0
+    zero_cells: str = "programmed"
 
     def __post_init__(self):
         if self.noise_scale < 0 or self.t_inference < 0 or not 0 <= self.stability_margin < 1:
@@ -121,6 +125,8 @@ class KernelHWA:
             )
         if not isinstance(self.copies, int) or self.copies < 1 or (self.y_adc_range is not None and self.y_adc_range <= 0):
             raise ValueError(f"need copies >= 1 and y_adc_range > 0 (or None); got {self.copies}, {self.y_adc_range}")
+        if self.zero_cells not in ZERO_CELLS:
+            raise ValueError(f"zero_cells must be one of {ZERO_CELLS}, got {self.zero_cells!r}")
 
 
 class _RoundStraightThrough(torch.autograd.Function):
@@ -198,6 +204,8 @@ class HardwareAwareKernel(nn.Module):
             noisy = model.apply_noise(target, self.hwa.t_inference)
             compensation = target.abs().mean(dim=(1, 2), keepdim=True) / noisy.abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
             error = (noisy * compensation - target) * self.hwa.noise_scale
+            if self.hwa.zero_cells == "unprogrammed":
+                error = torch.where(target == 0, 0.0, error)
         return normalized + error, alpha
 
     def forward(self, u: torch.Tensor, mode: str = "recurrent") -> torch.Tensor:

@@ -76,10 +76,14 @@ into the dynamics it now computes.
 Execution: all H crossbars and the whole batch advance in one vectorized step, `CrossbarStack.step`
 (aihwkit's torch-tile forward, with noise and bound management, in place) or, for input or output
 asymmetry, its twin `CrossbarStack.step_ref` = `AnalogMVM.matmul` on the (H, out, in) stack; with
-y_adc_range each makes two MVMs a step, state columns first. Iterative bound management decides for
-the whole stack (per column group), as aihwkit's MVM does for a batch: when any crossbar clips, all
-repeat the read at half scale. Likewise noise management's all-zero shortcut
-(read 0, draw no output noise) applies when the inputs of every crossbar are zero. `FusedS4D.scan_ref`
+y_adc_range each makes two MVMs a step, state columns first. `reads` says who decides: "per-sequence"
+(the default) reads as a chip does, each crossbar's periphery deciding for its own sequence (iterative
+bound management repeats only the reads that clipped, an all-zero input reads 0 without draws) and
+every sequence drawing its noise from its own stream (aimc_ssm.analog.draws): a sequence's outputs do
+not depend on its batch-mates. "batched" is aihwkit's torch tile: bound management decides for the
+whole stack and batch (per column group), when any crossbar clips all repeat the read at half scale,
+the all-zero shortcut applies when every input is zero, and the draws come from torch's one stream, as
+the twins `step_ref` and `scan_ref` draw them; the paths other than "fused" read batched. `FusedS4D.scan_ref`
 is the per-channel loop of the same aihwkit tiles (aimc_ssm.analog.mvm.tiles_forward), and is what
 compiled (C++) tiles run, as only their own forward simulates forward.w_noise; their MVM reads all
 columns with one ADC range, so they take no y_adc_range.
@@ -92,6 +96,7 @@ import torch
 from torch import nn
 
 from ..core.s4d import S4D, check_input
+from .draws import SequenceDraws, sequence_keys
 from .layout import complex_state, crossbar_matrices, real_state, replicate_copies, signal_peaks, state_diagonal
 from .mvm import CrossbarStack, fast_path_supports, tiles_forward
 
@@ -135,6 +140,7 @@ def check_options(copies: int, y_adc_range: float | None) -> None:
 
 
 MAPPINGS = ("balanced", "direct", "incremental")  # see the module docstring
+READS = ("per-sequence", "batched")  # who decides a read: every sequence, or the batch (module docstring)
 
 
 def check_mapping(mapping: str) -> None:
@@ -163,18 +169,22 @@ class FusedS4D(nn.Module):
     directly until `calibrate` sets the DAC ranges and the mapping. Programming noise and drift
     act on the tiles (`program`, after calibration); the forward reads their current weights and scales.
     copies: devices per weight (k row groups per crossbar); y_adc_range: the y column's own ADC range,
-    in the normalized units of one copy (None: the device's forward.out_bound). See the module docstring.
+    in the normalized units of one copy (None: the device's forward.out_bound); reads: "per-sequence" or
+    "batched" (READS). See the module docstring.
     """
 
     def __init__(
-        self, ssm: S4D, rpu_config, state_quantizer: bool = True, *, copies: int = 1, y_adc_range: float | None = None
+        self, ssm: S4D, rpu_config, state_quantizer: bool = True, *, copies: int = 1, y_adc_range: float | None = None,
+        reads: str = "per-sequence",
     ):
         super().__init__()
         from aihwkit.nn import AnalogLinear
 
         check_options(copies, y_adc_range)
+        if reads not in READS:
+            raise ValueError(f"reads must be one of {READS}, got {reads!r}")
         self.d_model, self.d_state = ssm.d_model, ssm.d_state
-        self.copies, self.y_adc_range = copies, y_adc_range
+        self.copies, self.y_adc_range, self.reads = copies, y_adc_range, reads
         n_in, n_out = copies * (self.d_state + 2), self.d_state + 1
         config = crossbar_config(rpu_config, copies)
         check_crossbar_fits(config.mapping, n_in, n_out)
@@ -254,9 +264,14 @@ class FusedS4D(nn.Module):
         """Cells (weights) on the layer's crossbars: copies·(N+2) inputs × (N+1) outputs × H channels."""
         return self.copies * (self.d_state + 2) * (self.d_state + 1) * self.d_model
 
-    def crossbar_stack(self) -> CrossbarStack:
-        """The tiles stacked for one vectorized step, the y column its own column group under y_adc_range."""
-        return CrossbarStack(self.tiles, self.y_io)
+    def crossbar_stack(self, u: torch.Tensor | None = None) -> CrossbarStack:
+        """The tiles stacked for one vectorized step, the y column its own column group under y_adc_range;
+        given the inputs u (B, L, H) of a per-sequence forward, each sequence draws from its own stream,
+        keyed by torch's current seed and its inputs (aimc_ssm.analog.draws)."""
+        draws = None
+        if u is not None and self.reads == "per-sequence" and self.execution() == "fused":
+            draws = SequenceDraws(sequence_keys(u, torch.initial_seed()))
+        return CrossbarStack(self.tiles, self.y_io, draws)
 
     @torch.no_grad()
     def set_state_scales(self, scales: torch.Tensor) -> None:
@@ -345,7 +360,7 @@ class FusedS4D(nn.Module):
         if self.state_quantizer is None:
             return state
         s = self.state_scales
-        return real_state(self.state_quantizer(complex_state(state) * s) / s)
+        return real_state(self.state_quantizer(complex_state(state) * s) / s)  # complex_state: (B, H, n), as the digital model holds it
 
     @torch.no_grad()
     def scan(self, u: torch.Tensor, reference_mvm: bool = False) -> torch.Tensor:
@@ -355,7 +370,7 @@ class FusedS4D(nn.Module):
         """
         B, L, H = u.shape
         N = self.d_state
-        stack = self.crossbar_stack()
+        stack = self.crossbar_stack(None if reference_mvm else u)
         step = stack.step_ref if reference_mvm else stack.step
         # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
         u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
@@ -370,7 +385,9 @@ class FusedS4D(nn.Module):
             groups[..., 1 : N + 1] = state[:, :, None]
             groups[..., N + 1] = u_steps[t][..., None]
             ys[t] = out[:, :, N]
-        return ys[1:].permute(2, 0, 1)  # (B, L, H): y_t left the crossbar at step t + 1
+        # (B, L, H): y_t left the crossbar at step t + 1. Contiguous: elementwise ops downstream (GELU) round
+        # the last bit differently on strided views, so a view would tie a sequence's outputs to its batch's size
+        return ys[1:].permute(2, 0, 1).contiguous()
 
     @torch.no_grad()
     def scan_ref(self, u: torch.Tensor) -> torch.Tensor:
@@ -397,7 +414,7 @@ class FusedS4D(nn.Module):
         N = self.d_state
         return (
             f"H={self.d_model}, N={N}, crossbar={self.copies * (N + 2)}x{N + 1}, copies={self.copies}, "
-            f"y_adc_range={self.y_adc_range}, mapping={self.mapping}, execution={self.execution()}"
+            f"y_adc_range={self.y_adc_range}, mapping={self.mapping}, execution={self.execution()}, reads={self.reads}"
         )
 
 

@@ -8,12 +8,24 @@ place; `CrossbarStack.step_ref` is its twin, aihwkit's `AnalogMVM.matmul` itself
 Column groups. A periphery with a per-column ADC gain reads some columns with their own ADC range. Both
 twins simulate it as `column_groups`: the output columns split into groups, each read by one aihwkit MVM
 with its own IO parameters (its own bound management, noise draws and converters), group after group.
+
+Batched or per sequence. aihwkit's torch tile decides for its whole batch: iterative bound management
+repeats the read of every vector when any output clips, and its noise comes from torch's one stream.
+`step` and `step_ref` do the same with `TorchDraws` (the default), and agree to the last bit. A chip
+sees one sequence and its periphery decides for its own reads, so with `SequenceDraws`
+(aimc_ssm.analog.draws) `step` decides bound management per crossbar and sequence, skips the reads of
+a crossbar whose inputs are all zero (aihwkit's shortcut, per vector), draws every sequence's noise
+from its own stream, and accumulates each product in float64 before rounding it to float32: BLAS sums
+a row in an order that depends on the batch's size, and rounding a float64 sum to float32 hides that
+order. A sequence's outputs are then the same, bit for bit, alone or inside any batch (tests).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from .draws import TorchDraws
 
 
 def fast_path_supports(io) -> bool:
@@ -34,6 +46,13 @@ def converter_step(res: float, bound: float) -> float:
     """One level of an aihwkit converter in its normalized units: res of the full range 2·bound, or
     (res > 1) the full range over res steps."""
     return (1 / res if res > 1.0 else res) * 2 * bound
+
+
+def bound_management_gives_up(io, reduction: float) -> bool:
+    """aihwkit's limits of iterative bound management: past max_bm_factor, or past max_bm_res over the DAC step."""
+    res = io.inp_res if io.inp_res <= 1.0 else 1 / io.inp_res
+    res *= 2 * io.inp_bound
+    return reduction > io.max_bm_factor or (res > 0 and reduction > io.max_bm_res / res)
 
 
 def column_scales(tiles: list) -> torch.Tensor:
@@ -63,9 +82,18 @@ class ColumnGroup:
     weight: torch.Tensor  # (H, columns, in), contiguous: `step` and `step_ref` multiply the same operand
     out_noise_values: torch.Tensor | None  # (H, 1, columns): aihwkit's per-output noise strengths
     weight_t: torch.Tensor = field(init=False)  # aihwkit's bmm operand
+    weight_t64: torch.Tensor | None = field(init=False, default=None)  # in float64, for per-sequence reads
 
     def __post_init__(self):
         self.weight_t = self.weight.permute(0, 2, 1)
+
+    def matmul(self, x: torch.Tensor, out: torch.Tensor, per_sequence: bool) -> torch.Tensor:
+        """x (H, B, in) @ weight_t into out (H, B, columns); per sequence accumulated in float64 (module docstring)."""
+        if not per_sequence:
+            return torch.bmm(x, self.weight_t, out=out)
+        if self.weight_t64 is None:
+            self.weight_t64 = self.weight_t.double()
+        return out.copy_(torch.bmm(x.double(), self.weight_t64))
 
 
 def tiles_forward(tiles: list, inputs: list[torch.Tensor], last_column_io=None) -> list[torch.Tensor]:
@@ -108,9 +136,13 @@ class CrossbarStack:
 
     last_column_io: IO parameters of the last output column, read as a group of its own (`column_groups`):
     both twins then make two MVMs per step, the other columns with the tiles' IO parameters first.
+    draws: `TorchDraws` (aihwkit's batched reads, the default) or `SequenceDraws` (every sequence on its
+    own: module docstring); `step` counts the steps that key the per-sequence draws.
     """
 
-    def __init__(self, tiles: list, last_column_io=None):
+    def __init__(self, tiles: list, last_column_io=None, draws=None):
+        self.draws = TorchDraws() if draws is None else draws
+        self.steps = 0
         self.io = tiles[0].rpu_config.forward
         self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
         self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
@@ -145,13 +177,14 @@ class CrossbarStack:
             self.buffers[name] = self.weight.new_empty(shape)
         return self.buffers[name]
 
-    def quantize_(self, x: torch.Tensor, res: float, bound: float, stochastic: bool) -> torch.Tensor:
-        """aihwkit's UniformQuantize (x/res, round, ×res; res = 2·bound/steps), in place."""
+    def quantize_(self, x: torch.Tensor, res: float, bound: float, stochastic: bool, draw: tuple = ()) -> torch.Tensor:
+        """aihwkit's UniformQuantize (x/res, round, ×res; res = 2·bound/steps), in place; draw: the
+        (attempt, purpose, group) of the stochastic rounding's uniforms."""
         res = converter_step(res, bound)
         x.div_(res)
         if stochastic:
             # one buffer per shape: the DAC's and the ADC's would otherwise reallocate each other's every step
-            x.add_(self.buffer(f"rounding{tuple(x.shape)}", x.shape).uniform_(-0.5, 0.5))
+            x.add_(self.draws.uniform_(self.buffer(f"rounding{tuple(x.shape)}", x.shape), self.steps, *draw))
         return x.round_().mul_(res)
 
     def step(self, inp: torch.Tensor) -> torch.Tensor:
@@ -160,6 +193,12 @@ class CrossbarStack:
         The input range, then `AnalogMVM.matmul` of every column group (`mvm_`), one after the other into
         buffers of their own, then the periphery's digital scales on all columns.
         """
+        try:
+            return self.step_once(inp)
+        finally:
+            self.steps += 1
+
+    def step_once(self, inp: torch.Tensor) -> torch.Tensor:
         H, B, _ = inp.shape
         x = inp
         out = self.buffer("output", (H, B, self.weight.shape[1]))
@@ -168,48 +207,81 @@ class CrossbarStack:
             # vectorized loop for two broadcast operands (10x slower on the (H, B, N+2) input)
             x.clamp_min_(self.neg_input_range).clamp_max_(self.input_range).div_(self.input_range)
         if self.io.is_perfect:
-            torch.bmm(x, self.weight_t, out=out)
+            self.groups[0].matmul(x, out, self.draws.per_sequence)
             return self.periphery_out_(out)
         if len(self.groups) == 1:
-            self.mvm_(x, self.groups[0], out)
+            self.mvm_(x, self.groups[0], out, 0)
             return self.periphery_out_(out)
         for i, group in enumerate(self.groups):
             last = i == len(self.groups) - 1
             group_input = x if last else self.buffer("group_input", x.shape).copy_(x)  # a read consumes its input
             group_output = self.buffer(f"group_output{i}", (H, B, group.weight.shape[1]))
-            out[:, :, group.columns] = self.mvm_(group_input, group, group_output)
+            out[:, :, group.columns] = self.mvm_(group_input, group, group_output, i)
         return self.periphery_out_(out)
 
-    def mvm_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor) -> torch.Tensor:
-        """`AnalogMVM.matmul` of one column group in aihwkit's order of operations, into out (H, B, columns),
+    def mvm_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, index: int) -> torch.Tensor:
+        """`AnalogMVM.matmul` of column group `index` in aihwkit's order of operations, into out (H, B, columns),
         which it returns; x (H, B, in) is consumed. Noise management scales each input vector (constant or
         by its largest entry), iterative bound management repeats the whole read at half the input scale
-        while any output of the group, in any crossbar, clips, up to aihwkit's limits.
+        while any output of the group, in any crossbar, clips, up to aihwkit's limits; per sequence, see
+        `mvm_per_sequence_`.
         """
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
         io = group.io
         nm = self.noise_management_values(x, io)  # 1.0, a constant or (H, B, 1)
+        silent = None  # per sequence: the vectors whose inputs are all zero read 0, drawing nothing
         if isinstance(nm, torch.Tensor):
             if io.inp_noise <= 0 and not nm.any():
                 return out.zero_()  # aihwkit's shortcut: all inputs zero, no draws
+            if io.inp_noise <= 0 and self.draws.per_sequence:
+                silent = nm == 0
             nm.masked_fill_(nm <= 0, 1.0)
+        if self.draws.per_sequence:
+            out = self.mvm_per_sequence_(x, group, out, index, nm)
+            return out if silent is None else out.masked_fill_(silent, 0.0)
         if io.bound_management == BoundManagementType.NONE:
             scale = 1.0 / nm
-            self.read_(x, group, out, scale)
+            self.read_(x, group, out, scale, (0, index))
         else:
             work = self.buffer("bound_managed_input", x.shape)
-            res = io.inp_res if io.inp_res <= 1.0 else 1 / io.inp_res
-            res *= 2 * io.inp_bound
-            reduction, passed = 0.5, False
+            reduction, passed, attempt = 0.5, False, 0
             while not passed:
                 reduction *= 2.0
                 scale = 1.0 / nm / reduction
-                passed = self.read_(work.copy_(x), group, out, scale)
-                passed = passed or reduction > io.max_bm_factor or (res > 0 and reduction > io.max_bm_res / res)
+                passed = self.read_(work.copy_(x), group, out, scale, (attempt, index)).all().item()
+                passed = passed or bound_management_gives_up(io, reduction)
+                attempt += 1
         if isinstance(scale, torch.Tensor) or scale != 1.0 or io.out_scale != 1.0:
             out.mul_(io.out_scale / scale)
         return out
+
+    def mvm_per_sequence_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, index: int, nm) -> torch.Tensor:
+        """`mvm_` with every crossbar's periphery deciding for its own vector: iterative bound management
+        repeats a read at half the input scale for the vectors that clipped only, each attempt drawing that
+        vector's own noise (`SequenceDraws`). Every attempt reads the whole stack; a vector keeps the read of
+        the attempt that passed it."""
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        io = group.io
+        if io.bound_management == BoundManagementType.NONE:
+            scale = 1.0 / nm
+            self.read_(x, group, out, scale, (0, index))
+            return out.mul_(io.out_scale / scale) if isinstance(scale, torch.Tensor) or scale != 1.0 or io.out_scale != 1.0 else out
+        work = self.buffer("bound_managed_input", x.shape)
+        trial = self.buffer("bound_managed_output", out.shape)
+        pending = torch.ones(*out.shape[:2], 1, dtype=torch.bool, device=out.device)
+        reduction, attempt = 1.0, 0
+        while True:
+            scale = 1.0 / nm / reduction
+            within = self.read_(work.copy_(x), group, trial, scale, (attempt, index))
+            done = pending & within if not bound_management_gives_up(io, reduction) else pending
+            out.copy_(torch.where(done, trial * (io.out_scale / scale), out))
+            pending &= ~done
+            if not pending.any():
+                return out
+            reduction *= 2.0
+            attempt += 1
 
     def noise_management_values(self, x: torch.Tensor, io):
         """aihwkit's noise-management divisor of every input vector: 1.0, a constant, or (H, B, 1)."""
@@ -224,31 +296,36 @@ class CrossbarStack:
         torch.amax(x.abs() if kind == NoiseManagementType.ABS_MAX else x, dim=-1, keepdim=True, out=values)
         return values.clamp_max_(io.nm_thres) if io.nm_thres > 0 else values
 
-    def read_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, scale) -> bool:
+    def read_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, scale, draw: tuple) -> torch.Tensor:
         """One analog read of x (scaled, consumed) by a column group into out: DAC, input noise, matmul,
-        output noise, ADC. Returns whether no output clipped at the ADC bound."""
+        output noise, ADC. draw: (attempt, group index) of its random draws. Returns whether no output
+        clipped at the ADC bound: per vector (H, B, 1) when reads are per sequence, else one for all."""
         io = group.io
+        attempt, index = draw
         if isinstance(scale, torch.Tensor) or scale != 1.0:
             x.mul_(scale)
         if io.inp_res > 0:  # DAC
-            self.quantize_(x, io.inp_res, io.inp_bound, io.inp_sto_round)
+            self.quantize_(x, io.inp_res, io.inp_bound, io.inp_sto_round, (attempt, "dac_rounding", index))
         if io.inp_bound > 0:
             x.clamp_(-io.inp_bound, io.inp_bound)
         if io.inp_noise > 0:
-            x.add_(self.buffer("input_noise", x.shape).normal_().mul_(io.inp_noise))
-        torch.bmm(x, group.weight_t, out=out)
+            x.add_(self.draws.normal_(self.buffer("input_noise", x.shape), self.steps, attempt, "input_noise", index).mul_(io.inp_noise))
+        group.matmul(x, out, self.draws.per_sequence)
         if group.out_noise_values is not None or io.out_noise > 0:
-            noise = self.buffer(f"output_noise{tuple(out.shape)}", out.shape).normal_()  # one buffer per group's shape
+            noise = self.draws.normal_(self.buffer(f"output_noise{tuple(out.shape)}", out.shape), self.steps, attempt, "output_noise", index)
             out.add_(noise.mul_(io.out_noise if group.out_noise_values is None else group.out_noise_values))
         if io.out_res > 0:  # ADC
-            self.quantize_(out, io.out_res, io.out_bound, io.out_sto_round)
-        if io.out_bound <= 0:
-            return True
+            self.quantize_(out, io.out_res, io.out_bound, io.out_sto_round, (attempt, "adc_rounding", index))
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
-        # max and min are two vectorized reductions; |out| <= bound as a boolean tensor costs more than both
-        within = io.bound_management == BoundManagementType.NONE or bool(max(out.amax(), -out.amin()) <= io.out_bound)
-        out.clamp_(-io.out_bound, io.out_bound)
+        if io.out_bound <= 0 or io.bound_management == BoundManagementType.NONE:
+            within = torch.ones((), dtype=torch.bool, device=out.device)
+        elif self.draws.per_sequence:
+            within = out.abs().amax(dim=-1, keepdim=True) <= io.out_bound
+        else:  # max and min are two vectorized reductions; |out| <= bound as a boolean tensor costs more than both
+            within = torch.maximum(out.amax(), -out.amin()) <= io.out_bound
+        if io.out_bound > 0:
+            out.clamp_(-io.out_bound, io.out_bound)
         return within
 
     def periphery_out_(self, out: torch.Tensor) -> torch.Tensor:
@@ -278,9 +355,12 @@ class CrossbarStack:
 
         It runs every setting of a torch tile, asymmetry too; like `step`, its bound-management check is
         one for the whole stack and column group (aihwkit's torch tile decides once per batch), so
-        clipping in one crossbar rescales all.
+        clipping in one crossbar rescales all. It draws from torch's stream: the twin of batched reads only.
         """
         from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+        if self.draws.per_sequence:
+            raise ValueError("step_ref is aihwkit's batched MVM; per-sequence reads run in step only")
 
         if self.out_noise_values is not None:
             raise ValueError("AnalogMVM.matmul broadcasts out_noise_values for 2-D weights only; use step")

@@ -3,6 +3,11 @@
 A block is SSM -> activation (GELU or none) -> 1x1 mixing (Linear H->2H + GLU, or Linear H->H + ReLU)
 -> dropout, with optional pre/post norm and a residual. Layout (batch, length, channels), so every
 mixing stage is an `nn.Linear` that an analog tile can replace.
+
+Quantization hooks: identities that aimc_ssm.quant.quantize.quantize_ replaces by activation
+quantizers, at the model's input and the decoder's input (S4DModel) and, in each block, at the SSM's
+input, its output before the activation, the mixing input and the mixing output (S4DBlock); quantize_
+may also swap the block's GELU for `HardGELU`.
 """
 from __future__ import annotations
 
@@ -80,6 +85,13 @@ class ChannelNorm(nn.Module):
         return self.norm(x.transpose(1, 2)).transpose(1, 2)  # BatchNorm1d wants (B, H, L)
 
 
+class HardGELU(nn.Module):
+    """GELU's hardware-friendly stand-in x·clamp(x + 2, 0, 4)/4: x times a piecewise-linear sigmoid ([Z25])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (torch.clamp(x + 2, 0, 4) / 4)
+
+
 class S4DBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -95,7 +107,11 @@ class S4DBlock(nn.Module):
             dt_max=cfg.dt_max,
         )
         self.activation = nn.GELU() if cfg.activation == "gelu" else nn.Identity()
-        self.act_quant = nn.Identity()  # quantization hook: aimc_ssm.quant.quantize.quantize_ puts the activation quantizer here
+        # quantization hooks (module docstring): SSM input, SSM output, mixing input, mixing output
+        self.input_quant = nn.Identity()
+        self.pre_activation_quant = nn.Identity()
+        self.act_quant = nn.Identity()
+        self.output_quant = nn.Identity()
         if cfg.mixing == "glu":
             self.mixing, self.mixing_activation = nn.Linear(H, 2 * H), nn.GLU(dim=-1)
         else:
@@ -105,8 +121,9 @@ class S4DBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:  # (B, L, H)
         z = self.norm(x) if self.prenorm else x
-        z = self.act_quant(self.activation(self.ssm(z, mode)))
-        z = self.dropout(self.mixing_activation(self.mixing(z)))
+        z = self.pre_activation_quant(self.ssm(self.input_quant(z), mode))
+        z = self.act_quant(self.activation(z))
+        z = self.dropout(self.output_quant(self.mixing_activation(self.mixing(z))))
         if self.residual:
             z = z + x
         return z if self.prenorm else self.norm(z)
@@ -118,16 +135,18 @@ class S4DModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.encoder_input_quant = nn.Identity()  # quantization hook (module docstring)
         self.encoder = nn.Linear(cfg.d_input, cfg.d_model)
         self.blocks = nn.ModuleList(S4DBlock(cfg) for _ in range(cfg.n_layers))
+        self.decoder_input_quant = nn.Identity()  # quantization hook
         self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
 
     def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:
         check_input(x, self.cfg.d_input)
-        z = self.encoder(x)  # (B, L, H)
+        z = self.encoder(self.encoder_input_quant(x))  # (B, L, H)
         for block in self.blocks:
             z = block(z, mode)
-        return self.decoder(z.mean(dim=1))  # (B, d_output)
+        return self.decoder(self.decoder_input_quant(z.mean(dim=1)))  # (B, d_output)
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float, ssm_lr: float = 1e-3):

@@ -9,7 +9,9 @@ Per channel h (H channels) and complex mode n (N/2 modes; conjugate symmetry kee
 
 Everything downstream (quantization, analog tiles, metrics) reads the discrete system from
 `S4D.ssm_parameters()`, so the two modes and every simulator see the same numbers.
-Layout is (batch, length, channels) throughout.
+Layout is (batch, length, channels) throughout; only the FFT convolution (`FFTCausalConv`) turns
+channels-first inside, where the FFT runs along the last axis, and hands back a contiguous result.
+Each fast path has a plain reference twin of the same signature (`ssm_kernel_ref`, `causal_conv_ref`).
 
 The transform chain. Between the trainable parameters and the deployed system sit the layer's
 `transforms`, at most one of each kind in TRANSFORM_KINDS, composed in a declared order (TRANSFORM_ORDER):
@@ -31,6 +33,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 A_INITS = ("lin", "lin-quarter")
 # optimizer hint of the SSM's dynamics (log dt, A): their own learning rate (TrainConfig.ssm_lr), no weight
@@ -59,7 +62,9 @@ def check_input(u: torch.Tensor, d_model: int) -> None:
             f"expected input of shape (batch, length, {d_model}), got {tuple(u.shape)}; "
             "the layout is (batch, length, channels)"
         )
-    if not torch.isfinite(u).all():
+    # A NaN or Inf anywhere makes the sum non-finite: one reduction, not a mask, on every call; the
+    # elementwise test only confirms, as a sum of finite values can overflow.
+    if not torch.isfinite(u.sum()) and not torch.isfinite(u).all():
         raise ValueError("input contains NaN or Inf; clean or re-normalise the data first")
 
 
@@ -78,12 +83,26 @@ def discretize(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, method: str =
 
 
 def ssm_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
-    """K_l = 2·Re Σ_n C_n B̄_n Ā_n^l for l < L: (H, n) complex -> (H, L) real."""
-    l = torch.arange(L, device=dA.device, dtype=dA.real.dtype)  # (L,)
+    """K_l = 2·Re Σ_n C_n B̄_n Ā_n^l for l < L: (H, n) complex -> (H, L) real.
+
+    The Vandermonde matrix in two factors: with l = I·j + i and I ≈ √L, Ā^l = Ā^(I·j)·Ā^i, so the sum over
+    modes is one batched real matmul and only H·n·(I + J) complex exponentials are taken: H·n·L of them,
+    with their backward, would be the kernel's whole cost. So few, they are taken in double precision:
+    the phase l·∠Ā reaches L·π, where single precision loses about 1e-4 rad."""
+    if L < 1:
+        raise ValueError(f"the kernel length L must be at least 1, got {L}")
+    H, n = dA.shape
+    I = math.isqrt(L - 1) + 1  # ceil(√L)
+    J = -(-L // I)  # I·J >= L
     # Ā^l as exp(l·log Ā); a mode quantized to exactly zero contributes only at l = 0.
-    log_dA = torch.log(torch.where(dA == 0, torch.full_like(dA, 1e-30), dA))
-    powers = torch.exp(log_dA[..., None] * l)  # (H, n, L)
-    return 2 * torch.einsum("hn,hnl->hl", C * dB, powers).real
+    log_dA = torch.log(torch.where(dA == 0, torch.full_like(dA, 1e-30), dA)).to(torch.complex128)[..., None]  # (H, n, 1)
+    l = torch.arange(max(I, J), device=dA.device, dtype=torch.float64)
+    inner = torch.exp(log_dA * l[:I]).to(dA.dtype)  # Ā^i (H, n, I)
+    outer = (C * dB)[..., None] * torch.exp(log_dA * (I * l[:J])).to(dA.dtype)  # C·B̄·Ā^(I·j) (H, n, J)
+    # 2·Re(a·b) = 2·(Re a·Re b - Im a·Im b): a real matmul over the stacked [Re; Im] of the modes
+    left = torch.cat([outer.real, -outer.imag], dim=1).transpose(1, 2)  # (H, J, 2n)
+    right = torch.cat([inner.real, inner.imag], dim=1)  # (H, 2n, I)
+    return (2 * torch.bmm(left, right)).reshape(H, J * I)[:, :L]  # (H, L)
 
 
 def ssm_kernel_ref(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
@@ -96,12 +115,57 @@ def ssm_kernel_ref(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) 
     return torch.stack(K, dim=-1)  # (H, L)
 
 
+def fft_length(L: int) -> int:
+    """The FFT length of a causal convolution of length L: the smallest n >= 2L - 1 (no wrap-around into
+    the first L outputs) whose prime factors are all 2, 3, 5 or 7, the lengths FFT libraries do fastest."""
+    n = 2 * L - 1
+    while True:
+        m = n
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+class FFTCausalConv(torch.autograd.Function):
+    """y = K * u by FFT along the time axis, channels-first inside: u (B, L, H), K (H, L) -> y (B, L, H).
+
+    Why channels-first: an FFT along the middle axis of a (B, L, H) tensor copies it to put time last and
+    returns a view with time innermost, so every later elementwise op and Linear (and their backward)
+    would meet a transposed layout. Here the one transpose is explicit and the output is contiguous.
+    Why its own backward: the gradients are correlations, one rfft and one irfft each way; autograd's
+    backward of rfft takes a complex FFT of the full length instead, about twice the work of an irfft."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        L = u.shape[1]
+        n = fft_length(L)
+        u_f = torch.fft.rfft(u.transpose(1, 2), n=n)  # (B, H, n//2+1)
+        K_f = torch.fft.rfft(K, n=n)  # (H, n//2+1)
+        ctx.save_for_backward(u_f, K_f)
+        ctx.L, ctx.n = L, n
+        y = torch.fft.irfft(u_f * K_f, n=n)[..., :L]  # (B, H, L)
+        return y.transpose(1, 2).contiguous()  # (B, L, H)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        u_f, K_f = ctx.saved_tensors
+        L, n = ctx.L, ctx.n
+        g_f = torch.fft.rfft(grad_y.transpose(1, 2), n=n)  # (B, H, n//2+1)
+        grad_u = grad_K = None
+        if ctx.needs_input_grad[0]:  # ∂/∂u_t = Σ_s g_s K_(s-t): correlation with K
+            grad_u = torch.fft.irfft(g_f * K_f.conj(), n=n)[..., :L].transpose(1, 2).contiguous()  # (B, L, H)
+        if ctx.needs_input_grad[1]:  # ∂/∂K_k = Σ_b Σ_t g_t u_(t-k): correlation with u, summed over the batch
+            grad_K = torch.fft.irfft((g_f * u_f.conj()).sum(0), n=n)[..., :L]  # (H, L)
+        return grad_u, grad_K
+
+
 def causal_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Causal convolution y_t = Σ_{k≤t} K_k u_{t-k} via FFT of length 2L: u (B,L,H), K (H,L)."""
-    L = u.shape[1]
-    u_f = torch.fft.rfft(u, n=2 * L, dim=1)  # (B, L+1, H)
-    K_f = torch.fft.rfft(K, n=2 * L, dim=-1).transpose(0, 1)  # (L+1, H)
-    return torch.fft.irfft(u_f * K_f, n=2 * L, dim=1)[:, :L]  # (B, L, H)
+    """Causal convolution y_t = Σ_{k≤t} K_k u_{t-k} via FFT (`FFTCausalConv`): u (B,L,H), K (H,L) -> (B,L,H)."""
+    return FFTCausalConv.apply(u, K)
 
 
 def causal_conv_ref(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -240,6 +304,10 @@ class S4D(nn.Module):
         K, u_conv, D = self.kernel(u.shape[1], params), u, params[3]  # (H, L), (B, L, H), (H,)
         if self.quantization is not None:  # the conv-mode stand-in for the state's precision, if any
             K, u_conv = self.quantization.conv_operands(K, u)
+            if not self.quantization.y.is_float:  # the SSM output quantized before the skip term, as in recurrent mode
+                return self.quantization.y(causal_conv(u_conv, K)) + D * u
+        if u_conv is u:  # K * u + D·u = (K + D·δ_0) * u: the skip term as the kernel's first tap, no pass over u
+            return causal_conv(u, K + nn.functional.pad(D[:, None], (0, K.shape[1] - 1)))  # (B, L, H)
         return causal_conv(u_conv, K) + D * u  # (B, L, H)
 
     def initial_state(self, batch: int) -> torch.Tensor:

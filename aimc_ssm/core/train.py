@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..io import atomic_write, from_dict_strict, load_checkpoint, package_versions, save_checkpoint
+from ..validation import check_train_config
 from .data import SequenceData, load_dataset, make_loaders
 from .model import ModelConfig, S4DModel, parameter_groups
 
@@ -51,6 +52,7 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
         if self.compute not in ("auto", "cpu", "cuda"):
             raise ValueError(f"compute must be 'auto', 'cpu' or 'cuda', got {self.compute!r}")
+        check_train_config(self)  # positive sizes and rates, finite numbers: the one gate of every setting
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

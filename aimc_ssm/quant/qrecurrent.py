@@ -1,16 +1,21 @@
 """Quantized recurrent inference as deployed: the state re-quantized at every step.
 
     p_A = Q_p(Ā ⊙ x_{t-1}),   p_B = Q_p(B̄·u_t)      partial products (only with spec.partial_products)
-    x_t = Q_x(p_A + p_B)                            the state, in cartesian or polar form
-    y_t = 2·Re(C·x_t) + D·u_t
+    x_t = Q_x(clamp(p_A + p_B))                     the state, in cartesian or polar form (clamp: its config's)
+    y_t = Q_y(clamp(2·Re(C·x_t))) + D·u_t           Q_y's ranges from the whole output, per sequence
 
 Complex numbers travel as two real planes (Re, Im) stacked on a leading axis, so one step is a few
 real tensor operations over batch, channels and modes at once (`quantized_scan`, `quantized_step`).
 `quantized_scan_ref` is the plain twin, looping over time and channel; it performs the same float
-operations in the same order, so both take the same rounding decisions and the tests hold them equal.
+operations in the same order on the state, so both take the same rounding decisions and the tests
+hold them equal. (Its sum over modes for y runs in another order: the last float bit of y before Q_y
+may differ, which the float64 tests keep away from Q_y's rounding boundaries.)
 
-`quant` is the layer's SSMQuantization (aimc_ssm.quant.quantize): its `state` ComplexQuantizer and, when
-partial products are quantized, `partial_Ax` and `partial_Bu`.
+Every range is one sequence's: the state's and the partial products' per sequence (and channel), y's
+per sequence (and step or channel), so no sequence's output depends on the rest of its batch.
+
+`quant` is the layer's SSMQuantization (aimc_ssm.quant.quantize): its `state` ComplexQuantizer, its
+`y` FakeQuantizer and, when partial products are quantized, `partial_Ax` and `partial_Bu`.
 """
 from __future__ import annotations
 
@@ -43,9 +48,10 @@ class _FrozenGrid:
         g = quantizer.parts.grid(planes.transpose(1, 2))  # shaped for (2, B, H, n)
 
         def channel_major(v):
-            return v.transpose(1, 2) if torch.is_tensor(v) else v  # (2, H, 1, 1)
+            return v.transpose(1, 2) if torch.is_tensor(v) else v  # (2 or 1, H, 1, 1)
 
         self.grid = g._replace(scale=channel_major(g.scale), q_lo=channel_major(g.q_lo))
+        self.clamp = quantizer.parts.config.clamp
 
     @staticmethod
     def of(quantizer: ComplexQuantizer | None, planes: torch.Tensor):
@@ -56,6 +62,8 @@ class _FrozenGrid:
         return _FrozenGrid(quantizer, planes) if parts.is_static and not parts.observing else None
 
     def round_(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clamp is not None:
+            x = x.clamp_(-self.clamp, self.clamp)
         return fake_quantize_(x, self.grid)
 
 
@@ -74,8 +82,8 @@ def quantized_step(u_t: torch.Tensor, x: torch.Tensor, params, quant):
     """One deployed step: u_t (B, H), complex state x (B, H, n) -> (y_t (B, H), x_t complex)."""
     dA, dB, C, D = params
     x = next_state(to_planes(x), u_t, to_planes(dA), to_planes(dB), quant)
-    y = (x * output_planes(C)[:, None]).sum(-1).sum(0) + D * u_t
-    return y, torch.complex(x[0], x[1])
+    y = quant.y((x * output_planes(C)[:, None]).sum(-1).sum(0)[:, None])[:, 0]  # Q_y sees this step alone
+    return y + D * u_t, torch.complex(x[0], x[1])
 
 
 def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,7 +101,7 @@ def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = Non
         for t in range(L):
             x = next_state(x, u_steps[t], A, B, quant)
             ys.append((x * C2[:, None]).sum(-1).sum(0))
-        return torch.stack(ys, dim=1) + D * u
+        return quant.y(torch.stack(ys, dim=1)) + D * u
     return _scan_no_grad(u, A, B, C2, D, quant, x)
 
 
@@ -131,9 +139,13 @@ def _scan_no_grad(u, A, B, C2, D, quant, x) -> torch.Tensor:
         _quantize_channel_major_(quant.state, state_grid, new.add_(prod))
         x, new = new, x
         torch.sum(torch.mul(x[0], C2[0], out=scratch).addcmul_(x[1], C2[1]), -1, out=y[t])  # 2·Re(C·x_t)
-    # in the (L, B, H)-backed layout this path has always returned: the layers after it reduce over H
-    # in memory order, so the layout reaches their last bits (and calibrated ranges)
-    return torch.add(y.permute(2, 0, 1), D * u, out=u.new_empty(L, batch, H).transpose(0, 1))
+    y = y.permute(2, 0, 1)  # (B, L, H)
+    if not quant.y.is_float:
+        y = quant.y(y.contiguous())  # its ranges from batch-major values, as the other paths take them
+    # batch-major and contiguous, as the other paths return it. In the transposed layout the elementwise
+    # kernels after it (GELU) ran their scalar loop over a batch but their vector loop over one sequence,
+    # whose erf differ in the last bit: a sequence's output moved with the size of its batch
+    return torch.add(y, D * u, out=u.new_empty(batch, L, H))
 
 
 # -- reference twin -------------------------------------------------------------------------
@@ -148,24 +160,27 @@ def _round_ref(v, scale, q_lo, span, offset, clipped):
 
 
 def _pick(value, plane: int, h: int):
-    """The grid value of one plane and channel from a (2, 1, H or 1, 1) tensor (or a number)."""
+    """The grid values of one plane and channel, for every sequence, from a (2 or 1, B or 1, H or 1, 1)
+    tensor (or a number): (B or 1, 1), to broadcast against a channel's (B, n) values."""
     if not torch.is_tensor(value):
         return value
-    return value[plane, 0, h if value.shape[2] > 1 else 0]
+    return value[plane if value.shape[0] > 1 else 0, :, h if value.shape[2] > 1 else 0]
 
 
 def _quantize_channels_ref(quantizer: ComplexQuantizer, values: list) -> list:
     """Quantize per-channel (re, im) pairs (each (B, n)) with `quantizer`, one channel at a time.
 
-    The ranges may span channels, so the grid comes from all channels stacked; the rounding is then
-    done channel by channel."""
+    The ranges may span channels (and planes), so the grid comes from all channels stacked; the
+    rounding is then done channel by channel."""
     if quantizer.is_float:
         return values
     if quantizer.form == "polar":
         values = [(torch.complex(re, im).abs(), torch.complex(re, im).angle()) for re, im in values]
+    parts = quantizer.parts
+    values = [(parts.clamped(first), parts.clamped(second)) for first, second in values]
     stacked = torch.stack([torch.stack(pair) for pair in values], dim=2)  # (2, B, H, n)
-    g = quantizer.parts.grid(stacked.detach())  # the grid is a constant to the gradient, as in the fast path
-    clipped = quantizer.parts.config.ste == "clipped"
+    g = parts.grid(stacked.detach())  # the grid is a constant to the gradient, as in the fast path
+    clipped = parts.config.ste == "clipped"
     out = []
     for h, pair in enumerate(values):
         first, second = (
@@ -177,6 +192,15 @@ def _quantize_channels_ref(quantizer: ComplexQuantizer, values: list) -> list:
     return out
 
 
+def _quantize_output_ref(quantizer, y: torch.Tensor) -> torch.Tensor:
+    """y (B, L, H) clamped and rounded onto the y quantizer's grid (float: y itself)."""
+    if quantizer.is_float:
+        return y
+    y = quantizer.clamped(y)
+    g = quantizer.grid(y.detach())
+    return _round_ref(y, g.scale, g.q_lo, g.span, g.offset, quantizer.config.ste == "clipped")
+
+
 def quantized_scan_ref(u: torch.Tensor, params, quant, x0: torch.Tensor | None = None) -> torch.Tensor:
     """Reference twin of `quantized_scan`: loops over time and channel, plain per-channel arithmetic;
     differentiable, with the quantizers' straight-through gradients."""
@@ -184,7 +208,7 @@ def quantized_scan_ref(u: torch.Tensor, params, quant, x0: torch.Tensor | None =
     batch, L, H = u.shape
     zeros = u.new_zeros(batch, dA.shape[-1])
     x = [(zeros, zeros) if x0 is None else (x0[:, h].real, x0[:, h].imag) for h in range(H)]
-    y = u.new_zeros(batch, L, H)
+    y = u.new_zeros(batch, L, H)  # 2·Re(C·x_t), before Q_y and the skip term
     for t in range(L):
         ax, bu = [], []
         for h in range(H):
@@ -198,5 +222,5 @@ def quantized_scan_ref(u: torch.Tensor, params, quant, x0: torch.Tensor | None =
         x = _quantize_channels_ref(quant.state, [(a_re + b_re, a_im + b_im) for (a_re, a_im), (b_re, b_im) in zip(ax, bu)])
         for h in range(H):
             xr, xi = x[h]
-            y[:, t, h] = 2 * (C.real[h] * xr - C.imag[h] * xi).sum(-1) + D[h] * u[:, t, h]
-    return y
+            y[:, t, h] = 2 * (C.real[h] * xr - C.imag[h] * xi).sum(-1)
+    return _quantize_output_ref(quant.y, y) + D * u

@@ -10,14 +10,23 @@
 Where the quantizers live once `quantize_` has run:
 
     block.ssm.quantization     SSMQuantization, the quantization link of the layer's transform chain
-                               (aimc_ssm.core.s4d): A, B, C, D, dt, state, partial_Ax, partial_Bu,
+                               (aimc_ssm.core.s4d): A, B, C, D, dt, state, y, partial_Ax, partial_Bu,
                                state_kernel, state_input (see its docstring)
-    block.act_quant            FakeQuantizer of the activations (SSM output after its activation)
+    block.input_quant          FakeQuantizer of the SSM input (spec.ssm_input)
+    block.pre_activation_quant FakeQuantizer of the SSM output y + D·u (spec.pre_activation)
+    block.act_quant            FakeQuantizer of the activations, the mixing input (spec.act, act_point
+                               "mixing_input"); block.output_quant with act_point "block_output"
+    block.activation           HardGELU in place of GELU where spec.hard_gelu
+    model.encoder_input_quant, model.decoder_input_quant
+                               FakeQuantizers of the model's input and of the pooled features
     block.mixing, model.encoder, model.decoder
                                weights fake-quantized through torch.nn.utils.parametrize: `.weight`
                                is the quantized weight, `.parametrizations.weight.original` the float
                                master weight that training updates; biases stay float.
     model.precision            the PrecisionSpec
+
+Every activation quantizer knows its tensor's batch axis: dynamic ranges are one per sequence, so a
+sequence's output does not depend on the other sequences of its batch.
 
 Gradients pass the quantizers straight through (config.ste), so the same quantized model trains
 with aimc_ssm.core.train.fit in conv or recurrent mode.
@@ -25,12 +34,13 @@ with aimc_ssm.core.train.fit in conv or recurrent mode.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..core.model import S4DModel
+from ..core.model import HardGELU, S4DModel
 from ..core.s4d import SSMTransform, discretize
 from .precision import PrecisionSpec
 from .qrecurrent import quantized_scan, quantized_step
@@ -45,12 +55,15 @@ class SSMQuantization(SSMTransform):
                                    of continuous A, B, C ("continuous"); channels along H
         D                          FakeQuantizer of D (H,)
         dt                         FakeQuantizer of log dt (H,), used in "continuous" only
-        state                      ComplexQuantizer of the recurrent state x (B, H, n): polar for
-                                   "polar"; call it on a complex state to quantize it as deployed
-        partial_Ax, partial_Bu     Ā⊙x and B̄u before the add, with the state's config and form
-                                   (None unless spec.partial_products)
+        state                      ComplexQuantizer of the recurrent state x (B, H, n), ranges per
+                                   sequence: polar for "polar"; call it on a complex state to quantize
+                                   it as deployed (clamped first where its config clamps)
+        y                          FakeQuantizer of the recurrence's output 2·Re(C·x_t) (B, L, H), before
+                                   the skip term D·u is added (recurrent mode)
+        partial_Ax, partial_Bu     Ā⊙x and B̄u before the add, with the state's config (no clamp) and
+                                   form (None unless spec.partial_products)
         state_kernel, state_input  conv-mode proxy of the state's precision: kernel K (H, L) and
-                                   input u (B, L, H) (None unless spec.conv_state_proxy)
+                                   input u (B, L, H), spec.proxy_config() (None unless spec.conv_state_proxy)
     """
 
     def __init__(self, spec: PrecisionSpec):
@@ -62,19 +75,22 @@ class SSMQuantization(SSMTransform):
         self.C = ComplexQuantizer(spec.C, "cartesian", channel_dim=-2)
         self.D = FakeQuantizer(spec.D, channel_dim=-1)
         self.dt = FakeQuantizer(spec.dt, channel_dim=-1)
-        self.state = ComplexQuantizer(spec.state, form, channel_dim=-2)
+        self.state = ComplexQuantizer(spec.state, form, channel_dim=-2, batch_dim=-3)
+        self.y = activation_quantizer(spec.y)
         self.partial_Ax = self.partial_Bu = self.state_kernel = self.state_input = None
         if spec.partial_products:
-            self.partial_Ax = ComplexQuantizer(spec.state, form, channel_dim=-2)
-            self.partial_Bu = ComplexQuantizer(spec.state, form, channel_dim=-2)
+            partial = replace(spec.state, clamp=None)
+            self.partial_Ax = ComplexQuantizer(partial, form, channel_dim=-2, batch_dim=-3)
+            self.partial_Bu = ComplexQuantizer(partial, form, channel_dim=-2, batch_dim=-3)
         if spec.conv_state_proxy:
-            self.state_kernel = FakeQuantizer(spec.state, channel_dim=-2)
-            self.state_input = FakeQuantizer(spec.state, channel_dim=-1)
+            self.state_kernel = FakeQuantizer(spec.proxy_config(), channel_dim=-2)
+            self.state_input = activation_quantizer(spec.proxy_config())
 
     @property
     def requantizes_state(self) -> bool:
-        """Whether the recurrence differs from the float one (partial products share the state's bits)."""
-        return not self.state.is_float
+        """Whether the recurrence differs from the float one: a quantized state (the partial products
+        share its bits) or a quantized output y."""
+        return not self.state.is_float or not self.y.is_float
 
     def continuous(self, ssm, dt, A, B, C):
         """"continuous": log dt, A and B on their grids before discretization ([S25]); else nothing."""
@@ -137,10 +153,30 @@ class SSMQuantization(SSMTransform):
         return f"parameterization={self.parameterization}"
 
 
+def activation_quantizer(config: QuantizerConfig) -> FakeQuantizer:
+    """The FakeQuantizer of an activation laid out (batch, length, channels): ranges per sequence."""
+    return FakeQuantizer(config, channel_dim=-1, batch_dim=-3, step_dim=-2)
+
+
 def _quantize_weight(linear: nn.Linear, config: QuantizerConfig) -> None:
     if not config.is_float:
         # unsafe: the registration's trial call would fail on a static quantizer not yet calibrated
         parametrize.register_parametrization(linear, "weight", FakeQuantizer(config, channel_dim=-2), unsafe=True)
+
+
+def _check_quantizable(model: S4DModel, spec: PrecisionSpec) -> None:
+    if not isinstance(spec, PrecisionSpec):
+        raise TypeError(f"quantize_ needs a PrecisionSpec, got {type(spec).__name__}")
+    if not isinstance(model, S4DModel):
+        raise TypeError(f"quantize_ needs an S4DModel, got {type(model).__name__}")
+    if precision_of(model) is not None:
+        raise ValueError("model is already quantized; quantize_ a copy of the float model instead")
+    if spec.hard_gelu and not all(isinstance(block.activation, nn.GELU) for block in model.blocks):
+        raise ValueError(
+            f"the spec's hard_gelu replaces each block's GELU, but this model has activation="
+            f"{model.cfg.activation!r}: quantize a model built with activation='gelu' (the recipe's "
+            "aimc_ssm.quant.precision.recipe_model_config gives it), or use a spec with hard_gelu=False"
+        )
 
 
 def quantize_(model: S4DModel, spec: PrecisionSpec) -> S4DModel:
@@ -148,16 +184,20 @@ def quantize_(model: S4DModel, spec: PrecisionSpec) -> S4DModel:
 
     Quantize a copy (copy.deepcopy) to keep the float model. A float spec changes no output.
     """
-    if not isinstance(spec, PrecisionSpec):
-        raise TypeError(f"quantize_ needs a PrecisionSpec, got {type(spec).__name__}")
-    if not isinstance(model, S4DModel):
-        raise TypeError(f"quantize_ needs an S4DModel, got {type(model).__name__}")
-    if precision_of(model) is not None:
-        raise ValueError("model is already quantized; quantize_ a copy of the float model instead")
+    _check_quantizable(model, spec)
     for block in model.blocks:
         block.ssm.set_transform("quantization", SSMQuantization(spec))
-        block.act_quant = FakeQuantizer(spec.act, channel_dim=-1)
+        block.input_quant = activation_quantizer(spec.ssm_input)
+        block.pre_activation_quant = activation_quantizer(spec.pre_activation)
+        if spec.act_point == "mixing_input":
+            block.act_quant = activation_quantizer(spec.act)
+        else:
+            block.output_quant = activation_quantizer(spec.act)
+        if spec.hard_gelu:
+            block.activation = HardGELU()
         _quantize_weight(block.mixing, spec.mixing)
+    model.encoder_input_quant = activation_quantizer(spec.encoder_input)
+    model.decoder_input_quant = FakeQuantizer(spec.decoder_input, channel_dim=-1, batch_dim=-2)  # (B, H)
     _quantize_weight(model.encoder, spec.coder)
     _quantize_weight(model.decoder, spec.coder)
     model.precision = spec
@@ -212,11 +252,13 @@ CALIBRATION_BATCHES = 8  # training batches: enough for the min/max ranges of st
 
 
 def calibration_modes(spec: PrecisionSpec) -> tuple[str, ...]:
-    """The modes that calibrate every static quantizer of `spec`. A recurrent pass re-observes every
-    quantizer but the conv-mode state proxies, so a conv pass before it matters only for those."""
-    if "state" not in spec.static():
+    """The modes that calibrate every static quantizer of `spec`. The state and y exist in recurrent mode
+    only; a recurrent pass re-observes every quantizer but the conv-mode state proxies, so a conv pass
+    before it matters only for those."""
+    static = spec.static()
+    if "state" not in static and "y" not in static:
         return ("conv",)
-    return ("conv", "recurrent") if spec.conv_state_proxy else ("recurrent",)
+    return ("conv", "recurrent") if spec.conv_state_proxy and "state" in static else ("recurrent",)
 
 
 def calibrate_static(model: S4DModel, spec: PrecisionSpec, batches: list) -> None:

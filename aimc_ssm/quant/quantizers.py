@@ -5,22 +5,34 @@ the arithmetic stays in float, the values are those a b-bit device would hold):
 
     x_q = s · clamp(round(x / s), q_lo, q_hi)
 
-The step s and the integer range [q_lo, q_hi] (a `Grid`) come from a range of x, per tensor or per
-channel:
+The step s and the integer range [q_lo, q_hi] (a `Grid`) come from a range of x, per tensor, per
+channel or per time step:
 
     symmetric   r = max|x| (or the p-th percentile of |x|),  s = r / (2^(b-1) - 1),  q in ±(2^(b-1) - 1)
-                2^b - 1 levels with zero exact; b = 1 has the two levels ±r/2 instead ([S25], abs-max)
+                2^b - 1 levels with zero exact; b = 1 has the two levels ±r/2 instead
+                symmetric_grid="q-levels": s = r / 2^(b-1), q in ±2^(b-1), [S25]'s grid of q = 2^b
+                "levels" (q + 1 values: one more than b bits hold; b = 1 is ternary with the abs-max s)
     asymmetric  [lo, hi] = [min x, max x] (or the (100-p)-th and p-th percentiles),
                 s = (hi - lo) / (2^b - 1),  q_lo = round(lo / s),  q_hi = q_lo + 2^b - 1   ([Z25])
+                zero_point_bits=z: the integers are stored signed, from -2^(b-1), with the zero point
+                zp = -2^(b-1) - q_lo held on a signed z-bit integer, clamped to [-2^(z-1), 2^(z-1) - 1]
+                as [Z25]'s code does; a clamped zero point moves the whole grid (q_lo = -2^(b-1) - zp)
     ternary     s = mean|x| (BitNet b1.58), q in {-1, 0, +1}
 
-so b bits never give more than 2^b levels. Ranges are either dynamic (taken from the tensor being
-quantized, every call) or static: observed during calibration (running min of the lows, max of the
-highs, as torch.ao's MinMaxObserver), then frozen. Gradients pass straight through the rounding
-("identity"), or only where x fell inside the grid's range ("clipped").
+so b bits never give more than 2^b levels, except [S25]'s q-levels grid. `clamp=c` clamps x at ±c
+before its range is taken ([Z25] clamps the state at ±50 and y at ±1000).
 
-Complex tensors are quantized as two real planes, stacked on a leading axis with their own ranges:
-(Re, Im) in the "cartesian" form, (|z|, ∠z) in the "polar" form ([Z25]).
+Ranges are either dynamic (taken from the tensor being quantized, every call) or static: observed
+during calibration (running min of the lows, max of the highs, as torch.ao's MinMaxObserver), then
+frozen. A dynamic range is never pooled over a batch: an activation quantizer is told its tensor's
+batch axis (`batch_dim`) and takes one range per sequence (per sequence and channel, per sequence and
+step), so that a sequence's result does not depend on the other sequences of its batch, as on a chip
+that sees one sequence at a time. Weights have no batch axis; static ranges are constants. Gradients
+pass straight through the rounding ("identity"), or only where x fell inside the grid's range ("clipped").
+
+Complex tensors are quantized as two real planes stacked on a leading axis, (Re, Im) in the
+"cartesian" form, (|z|, ∠z) in the "polar" form ([Z25]), with a range of their own per plane
+(complex_range="planes") or one range shared by both ("joint", [Z25]'s code for Ā, B̄ and C).
 """
 from __future__ import annotations
 
@@ -34,11 +46,14 @@ from torch import nn
 from ..io import from_dict_strict
 
 SCHEMES = ("symmetric", "asymmetric")
-GRANULARITIES = ("tensor", "channel")
+GRANULARITIES = ("tensor", "channel", "step")
 RANGES = ("dynamic", "static")
 STES = ("identity", "clipped")
 COMPLEX_FORMS = ("cartesian", "polar")
+COMPLEX_RANGES = ("planes", "joint")
+SYMMETRIC_GRIDS = ("narrow", "q-levels")
 MIN_BITS, MAX_BITS = 1, 16
+MIN_ZERO_POINT_BITS, MAX_ZERO_POINT_BITS = 1, 32
 Z25_PERCENTILE = 99.999  # [Z25] clips the 0.001 % outliers on either side
 
 
@@ -48,18 +63,29 @@ class QuantizerConfig:
 
     Attributes:
         bits: 1 to 16 bits, or None for float (no quantization). b bits give at most 2^b levels:
-            symmetric 2^b - 1 (zero exact; b = 1: ±r/2), asymmetric 2^b, ternary 3 (needs bits=2).
+            symmetric 2^b - 1 (zero exact; b = 1: ±r/2), asymmetric 2^b, ternary 3 (needs bits=2);
+            [S25]'s q-levels grid 2^b + 1.
         scheme: "symmetric" (grid ±r around zero, [S25]) or "asymmetric" (grid over [lo, hi], [Z25]).
         percentile: clip the range at this percentile (nearest rank) instead of the extremes:
             of |x| for symmetric, of x at p and 100 - p for asymmetric. None picks the recipes'
             choices: 99.999 for asymmetric ([Z25]), 100 (abs-max) for symmetric ([S25]).
-        granularity: "tensor" (one range) or "channel" (one range per channel; which axis is the
-            channel is fixed by the tensor's role, see aimc_ssm.quant.quantize).
+        granularity: "tensor" (one range), "channel" (one range per channel; which axis is the
+            channel is fixed by the tensor's role, see aimc_ssm.quant.quantize) or "step" (one range
+            per time step, over the channels: activations only, dynamic ranges only, [Z25]'s y).
+            Dynamic ranges of activations are, in addition, always one per sequence (module docstring).
         ranges: "dynamic" (from each tensor quantized) or "static" (calibrated, then frozen).
         ste: straight-through gradient, "identity" (everywhere, [S25]) or "clipped" (zero where x
             fell outside the grid's range, [Z25]).
         ternary: levels {-1, 0, +1}·s with BitNet b1.58's s = mean|x|; needs bits=2 and the
             symmetric scheme. (symmetric bits=2 has the same levels with the abs-max s of [S25].)
+        complex_range: for complex tensors, "planes" (a range per plane: Re and Im, or |z| and ∠z)
+            or "joint" (one range over both planes, [Z25]'s code for Ā, B̄, C and the state).
+        zero_point_bits: asymmetric only: the zero point held on a signed integer of this many bits
+            (1 to 32) and clamped to it, as [Z25]'s code does (16 there); None: unlimited.
+        symmetric_grid: symmetric only: "narrow" (±(2^(b-1) - 1)) or "q-levels" (±2^(b-1), [S25]'s
+            q = 2^b levels with scale (q/2)/max|x|).
+        clamp: clamp the values at ±clamp before they are quantized (and before their range is
+            taken); None: no clamp. A float quantizer clamps nothing.
     """
 
     bits: int | None = 8
@@ -69,15 +95,24 @@ class QuantizerConfig:
     ranges: str = "dynamic"
     ste: str = "identity"
     ternary: bool = False
+    complex_range: str = "planes"
+    zero_point_bits: int | None = None
+    symmetric_grid: str = "narrow"
+    clamp: float | None = None
 
     def __post_init__(self):
-        if self.bits is not None and (
-            isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS
-        ):
+        if self.bits is not None and not _is_integer_in(self.bits, MIN_BITS, MAX_BITS):
             raise ValueError(
                 f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, or None for float; got {self.bits!r}"
             )
-        for name, allowed in (("scheme", SCHEMES), ("granularity", GRANULARITIES), ("ranges", RANGES), ("ste", STES)):
+        for name, allowed in (
+            ("scheme", SCHEMES),
+            ("granularity", GRANULARITIES),
+            ("ranges", RANGES),
+            ("ste", STES),
+            ("complex_range", COMPLEX_RANGES),
+            ("symmetric_grid", SYMMETRIC_GRIDS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}")
         if self.ternary:
@@ -93,6 +128,34 @@ class QuantizerConfig:
             object.__setattr__(self, "percentile", default)
         if not 50 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (50, 100] (100 keeps the extremes), got {self.percentile}")
+        self._check_grid_options()
+
+    def _check_grid_options(self) -> None:
+        if self.granularity == "step" and self.ranges == "static":
+            raise ValueError(
+                "granularity='step' takes one range per time step of each sequence, which a calibrated "
+                "constant cannot hold: use ranges='dynamic', or granularity 'channel' or 'tensor' for static ranges"
+            )
+        if self.zero_point_bits is not None:
+            if self.scheme != "asymmetric":
+                raise ValueError(
+                    f"zero_point_bits={self.zero_point_bits!r} limits an asymmetric grid's zero point; a "
+                    f"{self.scheme} grid has none: use scheme='asymmetric' or zero_point_bits=None"
+                )
+            if not _is_integer_in(self.zero_point_bits, MIN_ZERO_POINT_BITS, MAX_ZERO_POINT_BITS):
+                raise ValueError(
+                    f"zero_point_bits must be an integer from {MIN_ZERO_POINT_BITS} to {MAX_ZERO_POINT_BITS} "
+                    f"(16 in [Z25]), or None for an unlimited zero point; got {self.zero_point_bits!r}"
+                )
+        if self.symmetric_grid == "q-levels" and (self.scheme != "symmetric" or self.ternary):
+            raise ValueError(
+                "symmetric_grid='q-levels' is [S25]'s abs-max grid ±2^(b-1): it needs scheme='symmetric' and "
+                "ternary=False; leave symmetric_grid='narrow' otherwise"
+            )
+        if self.clamp is not None and (
+            isinstance(self.clamp, bool) or not isinstance(self.clamp, (int, float)) or not 0 < self.clamp < math.inf
+        ):
+            raise ValueError(f"clamp must be a positive finite number (values clamped at ±clamp), or None; got {self.clamp!r}")
 
     @property
     def is_float(self) -> bool:
@@ -105,6 +168,8 @@ class QuantizerConfig:
             return None
         if self.ternary:
             return 3
+        if self.symmetric_grid == "q-levels":
+            return 2**self.bits + 1
         if self.scheme == "asymmetric" or self.bits == 1:
             return 2**self.bits
         return 2**self.bits - 1
@@ -115,6 +180,10 @@ class QuantizerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "QuantizerConfig":
         return from_dict_strict(cls, d, "quantizer config")
+
+
+def _is_integer_in(value, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
 
 
 FLOAT = QuantizerConfig(bits=None)
@@ -188,9 +257,9 @@ def grid(config: QuantizerConfig, lo: torch.Tensor, hi: torch.Tensor) -> Grid:
     bits = config.bits
     if config.ternary or config.scheme == "symmetric":
         r = hi  # lo = -hi for these schemes
-        steps = 1 if config.ternary or bits == 1 else 2 ** (bits - 1) - 1
+        steps = _symmetric_steps(config)
         scale = torch.where(r > 0, r / steps, torch.ones_like(r))  # an all-zero range: any step keeps 0
-        if bits == 1 and not config.ternary:
+        if bits == 1 and config.symmetric_grid == "narrow" and not config.ternary:
             return Grid(scale, -1.0, 1, 0.5)  # levels ±r/2
         return Grid(scale, float(-steps), 2 * steps)
     span = 2**bits - 1
@@ -198,7 +267,29 @@ def grid(config: QuantizerConfig, lo: torch.Tensor, hi: torch.Tensor) -> Grid:
     # a constant tensor (lo = hi = v) gets the step |v|, which puts v itself on the grid
     degenerate = torch.where(lo != 0, lo.abs(), torch.ones_like(lo))
     scale = torch.where(scale > 0, scale, degenerate)
-    return Grid(scale, torch.round(lo / scale), span)
+    q_lo = torch.round(lo / scale)
+    if config.zero_point_bits is not None:
+        q_lo = _held_zero_point(q_lo, bits, config.zero_point_bits)
+    return Grid(scale, q_lo, span)
+
+
+def _symmetric_steps(config: QuantizerConfig) -> int:
+    """Integer steps on either side of zero of a symmetric (or ternary) grid."""
+    if config.ternary:
+        return 1
+    if config.symmetric_grid == "q-levels":
+        return 2 ** (config.bits - 1)  # [S25]: q/2 with q = 2^b
+    return 1 if config.bits == 1 else 2 ** (config.bits - 1) - 1
+
+
+def _held_zero_point(q_lo: torch.Tensor, bits: int, zero_point_bits: int) -> torch.Tensor:
+    """q_lo once its zero point is held on a signed `zero_point_bits` integer ([Z25]'s code): the levels
+    are stored as signed integers from -2^(b-1), so the zero point is zp = -2^(b-1) - q_lo; a zero point
+    clamped to its integer's range moves the grid with it."""
+    lowest = -(2 ** (bits - 1))
+    limit = 2 ** (zero_point_bits - 1)
+    zero_point = (lowest - q_lo).clamp(-limit, limit - 1)
+    return lowest - zero_point
 
 
 # -- ranges ------------------------------------------------------------------------------------
@@ -244,23 +335,41 @@ class FakeQuantizer(nn.Module):
 
     Args:
         config: the QuantizerConfig.
-        channel_dim: axis holding channels (negative, so leading batch axes may vary), used when
+        channel_dim: axis holding channels (negative, so leading axes may vary), used when
             config.granularity == "channel".
         planes: axis 0 holds the two planes of a complex tensor, each with ranges of its own.
+        batch_dim: axis holding the sequences of a batch (negative), for activations: dynamic ranges
+            keep it, one range per sequence, never pooled over the batch. None for weights.
+        step_dim: axis holding the time steps (negative), used when config.granularity == "step".
 
     Static ranges live in the buffers `lo` and `hi` (None until calibrated), shaped by the kept axes
-    only, so they travel with `state_dict`. While `observing` is set (see aimc_ssm.quant.quantize.calibrate)
-    the quantizer records ranges and passes its input through unchanged.
+    other than the batch's, so they travel with `state_dict`. While `observing` is set (see
+    aimc_ssm.quant.quantize.calibrate) the quantizer records ranges and passes its input through unchanged.
     """
 
-    def __init__(self, config: QuantizerConfig, channel_dim: int | None = None, planes: bool = False):
+    def __init__(
+        self,
+        config: QuantizerConfig,
+        channel_dim: int | None = None,
+        planes: bool = False,
+        batch_dim: int | None = None,
+        step_dim: int | None = None,
+    ):
         super().__init__()
+        for name, axis in (("channel_dim", channel_dim), ("batch_dim", batch_dim), ("step_dim", step_dim)):
+            if axis is not None and not (isinstance(axis, int) and axis < 0):
+                raise ValueError(f"{name} must be a negative axis (counted from the end), got {axis!r}")
         if config.granularity == "channel" and channel_dim is None:
             raise ValueError("per-channel quantization needs the tensor's channel_dim")
-        if channel_dim is not None and not (isinstance(channel_dim, int) and channel_dim < 0):
-            raise ValueError(f"channel_dim must be a negative axis (counted from the end), got {channel_dim!r}")
+        if config.granularity == "step" and step_dim is None:
+            raise ValueError(
+                "granularity='step' needs the tensor's time axis (step_dim): only activations (batch, length, "
+                "channels) have one; use granularity 'tensor' or 'channel' for weights and the state"
+            )
         self.config = config
         self.channel_dim = channel_dim if config.granularity == "channel" else None
+        self.step_dim = step_dim if config.granularity == "step" else None
+        self.batch_dim = batch_dim
         self.planes = planes
         self.name = ""  # set by quantize_ to the module path, for error messages
         self.observing = False
@@ -276,33 +385,42 @@ class FakeQuantizer(nn.Module):
     def is_static(self) -> bool:
         return not self.config.is_float and self.config.ranges == "static"
 
-    def kept_dims(self, x: torch.Tensor) -> tuple[int, ...]:
+    def kept_dims(self, x: torch.Tensor, per_sequence: bool) -> tuple[int, ...]:
+        """The axes of x that get ranges of their own; the batch's where ranges are per sequence."""
         dims = {0} if self.planes else set()
-        if self.channel_dim is not None:
-            dims.add(self.channel_dim % x.dim())
+        for axis in (self.channel_dim, self.step_dim, self.batch_dim if per_sequence else None):
+            if axis is not None:
+                dims.add(axis % x.dim())
         return tuple(sorted(dims))
 
     def ranges(self, x: torch.Tensor):
-        """(lo, hi) broadcastable against x: the frozen static ranges or those of x itself."""
-        kept = self.kept_dims(x)
+        """(lo, hi) broadcastable against x: the frozen static ranges or those of x itself (per sequence)."""
         if not self.is_static:
-            return tensor_ranges(x, self.config, kept)
+            return tensor_ranges(x, self.config, self.kept_dims(x, per_sequence=True))
         if self.lo is None:
             raise RuntimeError(
                 f"static quantizer {self.name or 'FakeQuantizer'!r} has no range yet: run "
                 "aimc_ssm.quant.quantize.calibrate(model, batches, mode) in the mode that uses it (the state "
-                "exists only in 'recurrent' mode, its conv-mode proxy only in 'conv'), or use ranges='dynamic'"
+                "and y exist only in 'recurrent' mode, the state's conv-mode proxy only in 'conv'), or use ranges='dynamic'"
             )
+        kept = self.kept_dims(x, per_sequence=False)
         shape = [x.shape[d] if d in kept else 1 for d in range(x.dim())]
         return self.lo.reshape(shape), self.hi.reshape(shape)
 
     def grid(self, x: torch.Tensor) -> Grid:
-        """The Grid for quantizing x, broadcastable against x."""
+        """The Grid for quantizing x (already clamped), broadcastable against x."""
         lo, hi = self.ranges(x)
         return grid(self.config, lo, hi)
 
+    def clamped(self, x: torch.Tensor) -> torch.Tensor:
+        """x clamped at ±config.clamp (x itself without a clamp)."""
+        c = self.config.clamp
+        return x if c is None else x.clamp(-c, c)
+
     def observe(self, x: torch.Tensor) -> None:
-        kept = self.kept_dims(x)
+        """Widen the static ranges to those of x (clamped as it will be quantized), over every sequence."""
+        x = self.clamped(x)
+        kept = self.kept_dims(x, per_sequence=False)
         lo, hi = tensor_ranges(x, self.config, kept)
         compact = [x.shape[d] for d in kept]
         lo, hi = lo.reshape(compact), hi.reshape(compact)
@@ -317,12 +435,15 @@ class FakeQuantizer(nn.Module):
         if self.observing:
             self.observe(x)
             return x
+        x = self.clamped(x)
         return fake_quantize(x, self.grid(x), self.config.ste == "clipped")
 
     def quantize_(self, x: torch.Tensor) -> torch.Tensor:
         """forward in place, without autograd (for buffers of the inference recurrence)."""
         if self.config.is_float or self.observing:
             return self.forward(x)  # x unchanged either way: one place decides what observing records
+        if self.config.clamp is not None:
+            x = x.clamp_(-self.config.clamp, self.config.clamp)
         return fake_quantize_(x, self.grid(x))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -337,7 +458,14 @@ class FakeQuantizer(nn.Module):
         if c.is_float:
             return "float"
         kind = "ternary" if c.ternary else f"{c.scheme}, p={c.percentile:g}"
-        return f"bits={c.bits}, {kind}, {c.granularity}, {c.ranges}, ste={c.ste}"
+        options = [f"bits={c.bits}", kind, c.granularity, c.ranges, f"ste={c.ste}"]
+        if c.symmetric_grid != "narrow":
+            options.append(c.symmetric_grid)
+        if c.zero_point_bits is not None:
+            options.append(f"zero_point_bits={c.zero_point_bits}")
+        if c.clamp is not None:
+            options.append(f"clamp={c.clamp:g}")
+        return ", ".join(options)
 
 
 # -- complex tensors as two real planes --------------------------------------------------------
@@ -362,18 +490,22 @@ def from_planes(planes: torch.Tensor, form: str = "cartesian") -> torch.Tensor:
 
 
 class ComplexQuantizer(nn.Module):
-    """Fake-quantizes complex tensors as two real planes with separate ranges.
+    """Fake-quantizes complex tensors as two real planes, with a range per plane or one for both.
 
     form: "cartesian" quantizes Re and Im, "polar" quantizes |z| and ∠z ([Z25]).
-    channel_dim: channel axis of the complex tensor (negative). The planes' quantizer is `.parts`.
+    channel_dim, batch_dim: channel and batch axes of the complex tensor (negative; see FakeQuantizer).
+    The planes' quantizer is `.parts`; config.complex_range decides whether the planes share its ranges.
     """
 
-    def __init__(self, config: QuantizerConfig, form: str = "cartesian", channel_dim: int | None = None):
+    def __init__(
+        self, config: QuantizerConfig, form: str = "cartesian", channel_dim: int | None = None, batch_dim: int | None = None
+    ):
         super().__init__()
         if form not in COMPLEX_FORMS:
             raise ValueError(f"unknown complex form {form!r}; choose one of {COMPLEX_FORMS}")
         self.form = form
-        self.parts = FakeQuantizer(config, channel_dim=channel_dim, planes=True)
+        planes = config.complex_range == "planes"
+        self.parts = FakeQuantizer(config, channel_dim=channel_dim, planes=planes, batch_dim=batch_dim)
 
     @property
     def is_float(self) -> bool:

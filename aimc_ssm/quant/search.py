@@ -1,7 +1,7 @@
 """How many bits each component needs: per-component sensitivity sweeps and [S25]'s greedy search.
 
 Specs come from a recipe of the registry (aimc_ssm.quant.precision.RECIPES) at b bits, by default
-"z25": [Z25]'s quantizers with every component at b bits and the conv-mode state proxy on, so
+"channel-asym": [Z25]-style quantizers with every component at b bits and the conv-mode state proxy on, so
 that QAT, which fine-tunes in conv mode, sees the state's precision (recurrent mode, where accuracy
 is measured, re-quantizes the state itself).
 
@@ -48,24 +48,27 @@ Measure = Callable[[PrecisionSpec], HardwareReport]
 
 
 # -- specs ------------------------------------------------------------------------------------
-def component_spec(component: str, bits: int, recipe: str = "z25") -> PrecisionSpec:
+def component_spec(component: str, bits: int, recipe: str = "channel-asym") -> PrecisionSpec:
     """`component` at `bits` with the recipe's quantizer, every other component float ("all": the recipe)."""
     if component not in SWEEP_COMPONENTS:
         raise ValueError(f"unknown component {component!r}; choose from {SWEEP_COMPONENTS}")
     full = recipe_spec(recipe, bits)
     if component == "all":
         return full
-    parameterization = "continuous" if component == "dt" else full.parameterization
-    alone = PrecisionSpec(parameterization=parameterization, conv_state_proxy=full.conv_state_proxy)
+    # the recipe's spec-level options carried over, every other quantizer float; dt (float in most recipes)
+    # with the recipe's quantizer at `bits`, where it is deployed: the continuous parameterization
+    alone = full.only(component)
+    if component == "dt":
+        alone = alone.replace(parameterization="continuous")
     return alone.replace(**{component: replace(full.config(component), bits=bits)})
 
 
-def sensitivity_points(components, bits, recipe: str = "z25") -> list[tuple[str, int, PrecisionSpec]]:
+def sensitivity_points(components, bits, recipe: str = "channel-asym") -> list[tuple[str, int, PrecisionSpec]]:
     """(component, bits, spec) of a per-component sweep, components outer, bits inner."""
     return [(c, b, component_spec(c, b, recipe)) for c in components for b in check_bits_list(bits)]
 
 
-def sensitivity_sweep(accuracy: Accuracy, components, bits, recipe: str = "z25", progress: bool = False) -> list[dict]:
+def sensitivity_sweep(accuracy: Accuracy, components, bits, recipe: str = "channel-asym", progress: bool = False) -> list[dict]:
     """Accuracy with one component at a time quantized: rows {component, bits, accuracy}.
 
     `accuracy(spec)` measures one spec (PTQ or QAT, see ModelZoo.spec_accuracy)."""

@@ -5,6 +5,7 @@
         .configs(...)                     (config of the analog Linears, config of the fused kernels)
     add_model_flags(parser)               --bits, --recipe: the PTQ and QAT models a study compares
     study_models(zoo, args)               [StudyModel(name, method, bits, model)]: float, PTQ, QAT
+    add_kernel_hwa_flags, kernel_hwa_entry   the float model trained through its deployment's simulation
     Deployer(model, calibration, mapping) the model on crossbars (aimc_ssm.analog.to_analog), DAC
         (configs)                         ranges and state mapping calibrated once per model
     analog_draws(...)                     accuracy and unstable channels over repeated, seeded noise draws
@@ -30,14 +31,16 @@ import argparse
 import copy
 from dataclasses import dataclass, field, replace
 
+import pandas as pd
 import torch
 
 from .. import cache
-from ..analog.deploy import apply_signal_peaks, measure_signals, program, to_analog
+from ..analog.deploy import ZERO_CELLS, apply_signal_peaks, measure_signals, program, to_analog
 from ..analog.devices import COMMON_KNOBS, DeviceError, drift_compensations, load_device, parse_settings
 from ..analog.hwa import KernelHWA
 from ..analog.kernel import MAPPINGS
-from ..analog.stability import unstable_channels
+from ..analog.ledger import EnergyModel, device_energy_model
+from ..analog.stability import stability_report, unstable_channels
 from ..core.model import S4DModel
 from ..core.train import DivergenceError, evaluate
 from ..io import config_key
@@ -46,6 +49,7 @@ from .zoo import ModelZoo
 
 DEFAULT_KERNEL_ADC_RANGE = 2.0
 DEFAULT_KERNEL_DRIFT_COMPENSATION = "averaged"
+HWA_T_INFERENCE = 3600.0  # seconds of drift the hwa model trains for, in a study without --t-inference
 DAC_CALIBRATION_BATCHES = 2  # training batches whose largest |input| and |state| set the DAC ranges
 NOISE_FIELDS = ("prog_noise_scale", "read_noise_scale", "drift_scale")  # aihwkit noise models' scales
 
@@ -78,6 +82,8 @@ def add_device_flags(
     group.add_argument("--mapping", nargs="+", choices=MAPPINGS, default=list(mappings_default), help="how the fused kernels hold the system: direct (as [S24] draws it), balanced (every mode scaled to its channel's input range), incremental (balanced, the crossbar holding Ā − I and the periphery adding the state); why: aimc_ssm/analog/kernel.py (default: %(default)s)")
     group.add_argument("--drift-compensation", choices=sorted(drift_compensations()), default=None, help="drift compensation of the analog Linears: " + COMMON_KNOBS["drift_compensation"] + " (default: the device file's)")
     group.add_argument("--kernel-drift-compensation", choices=sorted(drift_compensations()), default=DEFAULT_KERNEL_DRIFT_COMPENSATION, help="drift compensation of the fused kernels: aihwkit's one-read global compensation misjudges their mostly-zero crossbars (aimc_ssm/analog/compensation.py), so they average their reads (default: %(default)s)")
+    group.add_argument("--zero-cells", choices=ZERO_CELLS, default="programmed", help="cells whose target weight is zero: programmed as aihwkit does (drawing programming noise) or left unprogrammed at zero, as a chip may (aimc_ssm/analog/deploy.py) (default: %(default)s)")
+    group.add_argument("--energy", dest="energy_settings", action="append", default=[], metavar="KEY=VALUE", help="override of the energy model (aimc_ssm.analog.ledger.EnergyModel) over the device file's ENERGY_MODEL, e.g. read_pj_per_cell=0.05; repeatable")
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="dotted override of the device config for every crossbar, e.g. noise_model.prog_noise_scale=0.5; repeatable")
 
 
@@ -96,7 +102,7 @@ def one_setting(name: str, value):
 
 def add_model_flags(parser: argparse.ArgumentParser, default_bits: list[int]) -> None:
     parser.add_argument("--bits", nargs="+", type=int, default=default_bits, help="bit widths of the PTQ and QAT models (default: %(default)s)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="z25-state16", help=f"quantizer recipe ({recipe_help()}) (default: %(default)s)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="channel-asym-state16", help=f"quantizer recipe ({recipe_help()}) (default: %(default)s)")
 
 
 # -- devices ----------------------------------------------------------------------------------------
@@ -112,6 +118,8 @@ class DeviceSettings:
     kernel_drift_compensation: str | None = DEFAULT_KERNEL_DRIFT_COMPENSATION  # None: the device file's
     copies: int = 1  # devices per weight of the fused kernels
     y_adc_range: float | None = None  # the kernels' y column's own ADC range
+    zero_cells: str = "programmed"  # whether cells whose target is zero are programmed (aimc_ssm.analog.deploy.program)
+    energy: dict = field(default_factory=dict)  # overrides of the energy model (--energy)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, swept: tuple[str, ...] = (), noise_scales=()) -> "DeviceSettings":
@@ -125,8 +133,10 @@ class DeviceSettings:
         knobs = {name: one_setting(name, getattr(args, name)) for name in names if getattr(args, name, None) is not None}
         settings = cls(
             args.device, knobs, parse_settings(args.settings), args.kernel_adc_range, args.kernel_out_noise,
-            args.kernel_drift_compensation, args.copies, args.y_adc_range or None,
+            args.kernel_drift_compensation, args.copies, args.y_adc_range or None, args.zero_cells,
+            parse_settings(args.energy_settings),
         )
+        settings.energy_model()  # a bad energy setting fails now, with the device's message
         for scale in dict.fromkeys([1.0, *noise_scales]):
             settings.configs(noise_scale=scale)
         return settings
@@ -137,7 +147,14 @@ class DeviceSettings:
             "kernel_adc_range": self.kernel_adc_range, "kernel_out_noise": self.kernel_out_noise,
             "kernel_drift_compensation": self.kernel_drift_compensation,
             "copies": self.copies, "y_adc_range": self.y_adc_range,
+            # settings at their defaults stay out, so that older setups keep their hash
+            **({"zero_cells": self.zero_cells} if self.zero_cells != "programmed" else {}),
+            **({"energy": self.energy} if self.energy else {}),
         }
+
+    def energy_model(self) -> EnergyModel:
+        """The device file's energy model (aimc_ssm.analog.ledger) with the study's --energy overrides."""
+        return device_energy_model(self.device, **self.energy)
 
     def kernel_options(self) -> dict:
         """The fused kernels' own options (aimc_ssm.analog.deploy.to_analog)."""
@@ -213,19 +230,38 @@ def study_models(zoo: ModelZoo, bits: list[int], recipe: str, methods=("float", 
     return models
 
 
-def kernel_hwa_entry(
-    zoo: ModelZoo, base: StudyModel, devices: DeviceSettings, calibration: torch.Tensor, hwa: KernelHWA, epochs: int, lr: float,
-    linear_noise: float,
-) -> StudyModel:
-    """`base` fine-tuned for `epochs` at learning rate `lr` through a differentiable simulation of its deployment on the study's
-    device (aimc_ssm.analog.hwa: the kernels' mapped cells drawing the device's programming noise and drift,
-    its converters, output noise; Linear weight noise `linear_noise`), trained once (aimc_ssm.cache)."""
+def add_kernel_hwa_flags(parser: argparse.ArgumentParser) -> None:
+    """The settings of the hwa model (`kernel_hwa_entry`) but its epochs, which studies budget themselves (--hwa-epochs)."""
+    group = parser.add_argument_group("hardware-aware training through the kernels (the hwa model)")
+    group.add_argument("--hwa-lr", type=float, default=1e-4, help="learning rate of the hwa fine-tune, every parameter (default: %(default)s)")
+    group.add_argument("--hwa-mapping", choices=MAPPINGS, default="incremental", help="the mapping the hwa model trains for (default: %(default)s)")
+    group.add_argument("--hwa-linear-noise", type=float, default=0.03, help="ADD_NORMAL noise on the Linear weights while it trains, relative to their largest (default: %(default)s)")
+    group.add_argument("--hwa-t-inference", type=float, default=None, help=f"seconds of drift the training draws (default: the study's --t-inference, else {HWA_T_INFERENCE:g})")
+
+
+def hwa_t_inference(args: argparse.Namespace) -> float:
+    return args.hwa_t_inference if args.hwa_t_inference is not None else getattr(args, "t_inference", HWA_T_INFERENCE)
+
+
+def kernel_hwa_settings(args: argparse.Namespace) -> dict:
+    """The hwa flags, for a study's setup key."""
+    settings = {"epochs": args.hwa_epochs, "lr": args.hwa_lr, "mapping": args.hwa_mapping, "linear_noise": args.hwa_linear_noise}
+    return settings if args.hwa_t_inference is None else {**settings, "t_inference": args.hwa_t_inference}
+
+
+def kernel_hwa_entry(zoo: ModelZoo, devices: DeviceSettings, calibration: torch.Tensor, args: argparse.Namespace) -> StudyModel:
+    """The float model fine-tuned for --hwa-epochs at --hwa-lr through a differentiable simulation of its deployment on
+    the study's device (aimc_ssm.analog.hwa: the kernels' cells, mapped as --hwa-mapping, drawing the device's programming
+    noise and drift to --hwa-t-inference, its converters, output noise; Linear weight noise --hwa-linear-noise), trained once
+    (aimc_ssm.cache)."""
+    base = StudyModel("float", "float", 32, zoo.float_model)
+    hwa = KernelHWA(mapping=args.hwa_mapping, t_inference=hwa_t_inference(args), zero_cells=devices.zero_cells, **devices.kernel_options())
     _, kernel_config = devices.configs()
     peaks = measure_signals(base.model.to(calibration.device), calibration, state_quantizer=False)
-    train_cfg = replace(zoo.setup.finetune, epochs=epochs, lr=lr, ssm_lr=lr, mode="recurrent")
+    train_cfg = replace(zoo.setup.finetune, epochs=args.hwa_epochs, lr=args.hwa_lr, ssm_lr=args.hwa_lr, mode="recurrent")
     model = cache.kernel_hwa_model(
         base.model, zoo.setup.model, (zoo.setup.train, zoo.setup.finetune), train_cfg, {"base": base.name},
-        kernel_config, devices.as_dict(), peaks, hwa, linear_noise, zoo.models_dir, zoo.progress,
+        kernel_config, devices.as_dict(), peaks, hwa, args.hwa_linear_noise, zoo.models_dir, zoo.progress,
     )
     return StudyModel(f"hwa-{base.name}", "hwa", base.bits, model)
 
@@ -281,16 +317,18 @@ def analog_draws(
     seed: int,
     read_times: list[float | None],
     device: torch.device,
+    zero_cells: str = "programmed",
+    report_modes: bool = False,
 ) -> list[list[Draw]]:
     """Accuracy of `analog` on `batches` and its unstable channels: per seeded repeat, one chip read at
     every time of `read_times` (in order), a list of Draws.
 
     Each repeat draws fresh programming noise once and lets the same devices drift to each read time
     in seconds (aimc_ssm.analog.deploy.program); a read time None leaves the tiles at their target
-    weights (no programming, drift or read noise). Output noise is drawn in the forward, from the same
+    weights (no programming, drift or read noise); zero_cells as `program`'s. Output noise is drawn in the forward, from the same
     seed. The unstable channels (spectral radius >= 1 of the programmed kernels,
     aimc_ssm.analog.stability) say why a draw is at chance; None where the tiles cannot be read back
-    (compiled tiles).
+    (compiled tiles). report_modes: each Draw also keeps the per-mode `stability_report` of its chip.
     """
     runs = []
     for repeat in range(repeats):
@@ -298,8 +336,9 @@ def analog_draws(
         draws = []
         for i, t in enumerate(read_times):
             if t is not None:
-                program(analog, t, reprogram=i == 0)
-            draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog)))
+                program(analog, t, reprogram=i == 0, zero_cells=zero_cells)
+            modes = stability_report(analog) if report_modes else None
+            draws.append(Draw(evaluate(analog, batches, "recurrent", device), unstable_channels_of(analog), modes))
         runs.append(draws)
     return runs
 
@@ -310,6 +349,7 @@ class Draw:
 
     accuracy: float
     unstable_channels: int | None
+    modes: pd.DataFrame | None = None  # aimc_ssm.analog.stability.stability_report, where asked for
 
 
 def unstable_channels_of(analog: S4DModel) -> int | None:

@@ -128,7 +128,8 @@ class ModelZoo:
     # -- accuracy --------------------------------------------------------------------------
     def spec_forward(self, spec: PrecisionSpec | None, mode: str) -> str:
         """The forward that `accuracy` runs for `mode` on a model quantized with `spec` (None: float)."""
-        return forward_for(mode, spec is not None and not spec.state.is_float, self.exact_recurrence)
+        per_step = spec is not None and not (spec.state.is_float and spec.y.is_float)  # y's quantizer acts per step of the recurrence
+        return forward_for(mode, per_step, self.exact_recurrence)
 
     def samples(self, split: str) -> int:
         """How many samples of `split` the evaluation subset holds."""
@@ -165,7 +166,7 @@ def search_precision(
     method: str = "ptq",
     cutoff: float | None = None,
     tolerance: float | None = None,
-    recipe: str = "z25",
+    recipe: str = "channel-asym",
     ladder=DEFAULT_LADDER,
     components=None,
     split: str = "val",
