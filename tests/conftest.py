@@ -78,3 +78,13 @@ class Studies:
 @pytest.fixture(scope="session")
 def studies(tmp_path_factory) -> Studies:
     return Studies(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny tensors gain nothing from a second, and on a shared
+    machine it costs time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

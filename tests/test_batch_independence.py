@@ -37,12 +37,7 @@ SPECS = {name: (name, recipe_spec(name, BITS)) for name in RECIPES} | {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def sequences(channels: int = 1, dtype=torch.float32) -> torch.Tensor:

@@ -28,12 +28,7 @@ from aimc_ssm.quant.quantizers import FLOAT, QuantizerConfig
 TINY = ModelConfig(d_model=3, d_state=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def recipe_model(name: str, seed: int = 0, base: ModelConfig = TINY) -> S4DModel:

@@ -30,13 +30,7 @@ TINY = ModelConfig(d_model=3, d_state=8)
 START = recipe_spec("channel-asym", 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared machine it costs time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def weighted_cost(weights: dict[str, float]):
