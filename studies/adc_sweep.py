@@ -96,7 +96,6 @@ the resolved device configs.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -121,7 +120,7 @@ from aimc_ssm.study.analog import (
     study_key,
     study_models,
 )
-from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup, usage_error
 from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
@@ -374,7 +373,7 @@ def main(argv=None):
     try:
         devices = DeviceSettings.from_args(args, swept=("adc_bits", "dac_bits"), noise_scales=[noise_scale(n) for n in args.noise])
     except DeviceError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     zoo = ModelZoo(study_setup(args), args.models_dir)
     models = study_models(zoo, args.bits, args.recipe, methods=[t for t in args.training if t != "hwa"])
     if "hwa" in args.training:

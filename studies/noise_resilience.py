@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -126,7 +125,7 @@ from aimc_ssm.study.analog import (
     study_key,
     study_models,
 )
-from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup, usage_error
 from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
@@ -488,7 +487,7 @@ def main(argv=None):
     try:
         devices = DeviceSettings.from_args(args, noise_scales=scales)
     except DeviceError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     setup = study_setup(args)
     zoo = ModelZoo(setup, args.models_dir)
     analog_zoo = ModelZoo(replace(setup, test_samples=min(args.analog_samples, setup.test_samples or args.analog_samples)), args.models_dir)

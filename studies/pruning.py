@@ -60,7 +60,6 @@ Plots in results/pruning/: pruned_fraction.png (whole model, per kind and model)
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from dataclasses import dataclass
 
@@ -95,7 +94,7 @@ from aimc_ssm.study.analog import (
     study_key,
     study_models,
 )
-from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
+from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup, usage_error
 from aimc_ssm.study.summary import write_summary
 from aimc_ssm.study.zoo import ModelZoo
 
@@ -263,7 +262,7 @@ def main(argv=None):
     try:
         devices = DeviceSettings.from_args(args, noise_scales=[args.noise_scale])
     except DeviceError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     zoo = ModelZoo(study_setup(args), args.models_dir)
     models = study_models(zoo, args.bits, "channel-asym-state16", methods=("float", "qat"))
     pruning_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)

@@ -85,6 +85,7 @@ CASES = [
         ("--set forward.out_nois=0.02", "forward.out_nois"), ("--device nosuch", "--device"), ("--out {tmp}/afile", "--out"),
         ("--models-dir {tmp}/afile", "--models-dir"), ("--hwa-epochs 0", "--hwa-epochs"), ("--y-adc-range -1", "--y-adc-range"),
         ("--tile-size -2", "--tile-size"), ("--out-noise -0.1", "--out-noise"), ("--adc-range inf", "--adc-range"),
+        ("--d-state 128 --copies 4", "--copies 3"), ("--d-state 512 --copies 1", "--tile-size 514"),
     ),
     *cases(
         "noise_resilience",

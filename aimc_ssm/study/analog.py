@@ -38,7 +38,7 @@ from .. import cache
 from ..analog.deploy import ZERO_CELLS, apply_signal_peaks, measure_signals, program, to_analog
 from ..analog.devices import COMMON_KNOBS, DeviceError, drift_compensations, load_device, parse_settings
 from ..analog.hwa import KernelHWA
-from ..analog.kernel import MAPPINGS
+from ..analog.kernel import MAPPINGS, check_crossbar_fits, crossbar_config
 from ..analog.ledger import EnergyModel, device_energy_model
 from ..analog.stability import stability_report, unstable_channels
 from ..core.model import S4DModel
@@ -139,7 +139,24 @@ class DeviceSettings:
         settings.energy_model()  # a bad energy setting fails now, with the device's message
         for scale in dict.fromkeys([1.0, *noise_scales]):
             settings.configs(noise_scale=scale)
+        settings.check_kernel_fits(args.d_state)
         return settings
+
+    def check_kernel_fits(self, d_state: int) -> None:
+        """Whether the fused kernel of a d_state model fits the device's tiles at these copies; a DeviceError
+        that names the flags otherwise, so that the study stops before it trains, not at its first point."""
+        mapping = crossbar_config(self.configs()[1], self.copies).mapping
+        n_in, n_out = self.copies * (d_state + 2), d_state + 1
+        try:
+            check_crossbar_fits(mapping, n_in, n_out)
+        except ValueError:
+            fitting = mapping.max_input_size // (d_state + 2)
+            fewer = f" or --copies {fitting}" if 0 < fitting < self.copies else ""
+            raise DeviceError(
+                f"the fused kernel of a --d-state {d_state} model at --copies {self.copies} needs one {n_in}×{n_out} crossbar "
+                f"(inputs × outputs) per channel, but the device's tiles are {mapping.max_input_size}×{mapping.max_output_size}: "
+                f"pass --tile-size {max(n_in, n_out)}{fewer}"
+            ) from None
 
     def as_dict(self) -> dict:
         return {

@@ -208,10 +208,15 @@ def prepare(args: argparse.Namespace) -> None:
         for name in ("out", "models_dir"):
             check_output_dir(flag_name(name), getattr(args, name))
     except SettingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        usage_error(err)
     torch.set_num_threads(args.threads)
     use_executor(executor_of(args))
+
+
+def usage_error(err: Exception) -> None:
+    """Stop the study as a command-line usage error: the message alone, exit status 2."""
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 _executor = LocalExecutor()  # what measures the points of a table made without one: the one prepare chose
