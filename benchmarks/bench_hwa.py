@@ -1,0 +1,116 @@
+"""Training-step time through the differentiable kernel (hardware-aware training) against the float
+model's recurrent-mode training step, measured in one run.
+
+    .venv/bin/python benchmarks/bench_hwa.py                 # CPU, one thread: [Z25] model, batch 64, L 784, pcm
+    .venv/bin/python benchmarks/bench_hwa.py --quick         # batch 16, L 256, fewer repeats
+    .venv/bin/python benchmarks/bench_hwa.py --device cuda
+
+A training step is forward, cross-entropy, backward and an AdamW step on (B, L, 1) inputs and 10
+classes, for three forms of the same trained-from-init [Z25] model (H 16, N 64):
+
+    conv        the float model in convolution mode (how it trains: for context)
+    recurrent   the float model in recurrent mode (the reference: one step of the recurrence per t)
+    hwa         the model through `aimc_ssm.analog.hwa.through_kernels`, as the studies' hardware-aware
+                training runs it: the device's crossbars (pcm by default) under the incremental mapping,
+                4 copies, y column range 8, the device's noise drawn for 1 h of drift, DAC and ADC
+                rounding with straight-through gradients, output noise
+
+The steps alternate, so load from other processes hits each alike; each time is the median over the
+repeats after the warm-up. The ratio hwa / recurrent is the cost of simulating the crossbars on top of
+the recurrence itself.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from aimc_ssm import ModelConfig, S4DModel
+from aimc_ssm.analog.deploy import measure_signals
+from aimc_ssm.analog.devices import load_device
+from aimc_ssm.analog.hwa import KernelHWA, through_kernels
+from aimc_ssm.core.model import parameter_groups
+from aimc_ssm.core.train import TrainConfig
+
+CLASSES = 10
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_step(model, forward, x, y):
+    optimizer = torch.optim.AdamW(parameter_groups(model, TrainConfig().lr, TrainConfig().weight_decay, TrainConfig().ssm_lr))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(forward(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def alternating_medians(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default: %(default)s)")
+    parser.add_argument("--analog-device", default="pcm", help="device file of the crossbars (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="batch 16, L 256, 3 repeats after 1 warm-up")
+    parser.add_argument("--batch", type=int, default=None, help="sequences per step (default: 64, quick 16)")
+    parser.add_argument("--length", type=int, default=None, help="steps per sequence (default: 784, quick 256)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per form (default: 5, quick 3)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per form first (default: 2, quick 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default: %(default)s)")
+    args = parser.parse_args()
+    batch = args.batch or (16 if args.quick else 64)
+    length = args.length or (256 if args.quick else 784)
+    repeats = args.repeats or (3 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if min(batch, length, repeats) < 1 or warmup < 0 or args.threads < 0:
+        parser.error(f"--batch, --length and --repeats must be >= 1, --warmup and --threads >= 0; got {batch}, {length}, {repeats}, {warmup}, {args.threads}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here; run on a machine with one, or use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, length, 1, device=device)
+    y = torch.randint(0, CLASSES, (batch,), device=device)
+    model = S4DModel(ModelConfig(d_input=1, d_output=CLASSES)).to(device)
+    peaks = measure_signals(model, x, state_quantizer=False)
+    kernel_config = load_device(args.analog_device, adc_range=2.0, drift_compensation="averaged")
+    hwa = through_kernels(model, kernel_config, peaks, KernelHWA(mapping="incremental", copies=4, y_adc_range=8.0)).to(device).train()
+    steps = {
+        "conv": training_step(model, lambda v: model(v, "conv"), x, y),
+        "recurrent": training_step(model, lambda v: model(v, "recurrent"), x, y),
+        "hwa": training_step(hwa, lambda v: hwa(v, "recurrent"), x, y),
+    }
+    times = alternating_medians(steps, device, warmup, repeats)
+
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}; batch {batch}, L {length}, H 16, N 64, {args.analog_device}; median of {repeats} steps after {warmup} warm-up")
+    for name, seconds in times.items():
+        print(f"{name:10s} {1e3 * seconds:10.1f} ms")
+    print(f"hwa / recurrent {times['hwa'] / times['recurrent']:.2f}   (recurrent / conv {times['recurrent'] / times['conv']:.1f})")
+
+
+if __name__ == "__main__":
+    main()
