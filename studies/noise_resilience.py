@@ -99,17 +99,15 @@ from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
-import torch
 from tqdm.auto import tqdm
 
 from aimc_ssm import cache
 from aimc_ssm.analog.deploy import DRIFT_TIMES
 from aimc_ssm.analog.devices import DeviceError, drift_compensations
-from aimc_ssm.analog.hwa import NOISE_TARGETS, with_weight_noise
+from aimc_ssm.analog.hwa import NOISE_TARGETS
 from aimc_ssm.analog.kernel import MAPPINGS
-from aimc_ssm.core.train import DivergenceError, evaluate
+from aimc_ssm.core.train import DivergenceError
 from aimc_ssm.io import atomic_write, config_key, save_figure
-from aimc_ssm.quant.quantize import without_state_quantizer
 from aimc_ssm.study.analog import (
     NOISE_FIELDS,
     Deployer,
@@ -121,7 +119,6 @@ from aimc_ssm.study.analog import (
     calibration_inputs,
     kernel_hwa_entry,
     kernel_hwa_settings,
-    seed_for,
     study_key,
     study_models,
 )
@@ -249,16 +246,6 @@ def fraction(percent: float) -> float:
     return round(percent / 100, 12)
 
 
-def noisy_accuracies(zoo, model, sigma, target, repeats, seed) -> list[float]:
-    """Accuracy with noise drawn at every forward (every batch), one value per seeded pass over the test subset."""
-    noisy = with_weight_noise(without_state_quantizer(model), sigma, target).to(zoo.device)
-    accuracies = []
-    for repeat in range(repeats):
-        torch.manual_seed(seed_for(seed, repeat))
-        accuracies.append(evaluate(noisy, zoo.batches("test"), "conv", zoo.device))
-    return accuracies
-
-
 def hwa_model(zoo, entry, sigma, target, args):
     """`entry`'s model fine-tuned with noise on (cached in --models-dir), as a model that keeps drawing it."""
     return cache.hwa_model(
@@ -272,11 +259,11 @@ def run_gaussian(zoo, table, points, args):
         entry, sigma, target, repeats = point.model, point.noise, point.target, len(point.keys)
         start = time.time()
         if point.experiment == "test":
-            accuracies = noisy_accuracies(zoo, entry.model, sigma, target, repeats, args.seed)
+            accuracies = zoo.noisy_accuracies(entry.model, sigma, target, repeats, args.seed)
         else:
             try:
                 trained = hwa_model(zoo, entry, sigma, target, args)
-                accuracies = noisy_accuracies(zoo, trained, sigma, target, repeats, args.seed)
+                accuracies = zoo.noisy_accuracies(trained, sigma, target, repeats, args.seed)
             except DivergenceError as err:
                 tqdm.write(f"hardware-aware training of {entry.name} at sigma {sigma:g} on {target} diverged, scored NaN: {err}")
                 accuracies = [math.nan] * repeats

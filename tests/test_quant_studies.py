@@ -133,10 +133,13 @@ def test_budget_fills_the_flags_left_at_none():
 def test_reproduce_quick_writes_the_report_and_resumes(tmp_path, studies):
     out = tmp_path / "reproduce"
     key = ["setup", "finding", "quantity", "seed"]
-    studies.quick("reproduce", out, "--test-samples", "60")
+    # a split run: the second call measures the other findings and reports them all
+    studies.quick("reproduce", out, "--test-samples", "60", "--findings", "F1", "F3")
+    assert "| F4 |" in (out / "report.md").read_text() and "not run yet" in (out / "report.md").read_text()
+    studies.quick("reproduce", out, "--test-samples", "60", "--findings", "F2", "F4", "F5", "F6", "F7")
     frame = studies.results(out, key)
     f1 = frame[frame.finding == "F1"]
-    assert set(frame.finding) == {"F1", "F3"} and set(f1.seed) == {0}  # --quick: one seed
+    assert set(frame.finding) == {f"F{i}" for i in range(1, 8)} and set(frame.seed) == {0}  # --quick: one seed
     accuracies = f1[~f1.quantity.str.startswith("max_abs_A")]
     assert accuracies.value.between(0, 1).all() and {"float", "ptq", "qat", "ptq without joint range"} <= set(f1.quantity)
     radius = f1.set_index("quantity").value
@@ -145,7 +148,15 @@ def test_reproduce_quick_writes_the_report_and_resumes(tmp_path, studies):
     assert radius["max_abs_A channel-asym-state16"] < 1 <= radius["max_abs_A channel-asym-state16 with joint range"]
     f3 = frame[frame.finding == "F3"].set_index("quantity").value
     assert f3["ace"] == 202_768_384 and f3["model_size_bytes"] == 787_456 and f3["adc_complexity"] == 2_134_336
+    values = {f: frame[frame.finding == f].set_index("quantity").value for f in ("F2", "F4", "F5", "F6", "F7")}
+    assert values["F2"]["memory reduction"] > 1 and values["F2"]["evaluations"] >= 1
+    assert set(values["F4"][values["F4"].index.str.endswith(" first")].dropna()) <= {2, 4, 8}  # the quick widths, NaN: never reached
+    assert {"float noise 0.006", "qat-7 noise 0.006"} <= set(values["F5"].index)
+    assert 0 <= values["F6"]["qat-7 pruned_fraction"] <= 1 and values["F6"]["float candidates"] == 16
+    assert {"float H=16 N=16", "qat-6 H=8 N=64"} <= set(values["F7"].index)
     report = (out / "report.md").read_text()
-    assert all(f"| F{i} |" in report for i in range(1, 8)) and "F1 ablation" in report
+    assert all(f"| F{i} |" in report for i in range(1, 8)) and "F1 ablation" in report and "not run" not in report
+    for plot in ("f4_bits.png", "f5_noise.png", "f6_pruning.png", "f7_size.png"):
+        assert f"]({plot})" in report and (out / plot).stat().st_size > 0
     assert (out / "summary.md").exists() and (out / "run.json").exists()
     studies.check_resumes("reproduce", out, key, "--test-samples", "60")

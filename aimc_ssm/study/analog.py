@@ -45,7 +45,7 @@ from ..core.model import S4DModel
 from ..core.train import DivergenceError, evaluate
 from ..io import config_key
 from ..quant.precision import RECIPES, recipe_help, recipe_spec
-from .zoo import ModelZoo
+from .zoo import ModelZoo, seed_for
 
 DEFAULT_KERNEL_ADC_RANGE = 2.0
 DEFAULT_KERNEL_DRIFT_COMPENSATION = "averaged"
@@ -320,11 +320,6 @@ class Deployer:
         )
         apply_signal_peaks(analog, self.peaks, self.mapping)
         return analog
-
-
-def seed_for(seed: int, repeat: int) -> int:
-    """The random seed of one repeat: the same draw index gets the same seed at every point of a sweep."""
-    return 1000 * seed + repeat
 
 
 def analog_draws(

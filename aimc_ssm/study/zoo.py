@@ -4,7 +4,9 @@
     zoo.float_model                        trained once (aimc_ssm.cache.float_model)
     zoo.ptq(spec)                          a PTQ copy of it (calibrated on training batches if static)
     zoo.qat(spec)                          fine-tuned from it with the quantizers on, once per spec
-                                           (aimc_ssm.cache.qat_model)
+                                           (aimc_ssm.cache.qat_model); with from_scratch=True trained
+                                           from a seeded init with the quantizers on instead ([S25])
+    zoo.following(plan, epochs)            this zoo with its QAT as a recipe's QATPlan runs it
     zoo.accuracy(model, split, mode)       accuracy on the study's subset of a split
     zoo.spec_accuracy(spec, method, ...)   both steps at once: method "float", "ptq" or "qat"
     zoo.key                                hash of the setup, for the rows of a results table
@@ -13,6 +15,13 @@ Evaluation subset: the first `setup.test_samples` samples of the split (all when
 of the float training's batch size, in a fixed order. The order matters: dynamic quantization
 ranges (the state's, the activations') are taken over a batch, so other batches give other grids.
 
+QAT: setup.finetune is the QAT's training config either way; `from_scratch` picks its start, the
+float model (fine-tuning, [Z25]) or a fresh seeded model of the same configs ([S25]). Both kinds are
+trained once and cached (aimc_ssm.cache.qat_model, keyed by what they start from).
+
+Under noise and pruning (`noisy_accuracies`, `pruned`): the convolution of the deployed system
+without state re-quantization, as studies/noise_resilience.py and studies/pruning.py measure them.
+
 Recurrent mode runs as convolution when nothing re-quantizes the state: the recurrence is then
 linear with the same (quantized) Ā, B̄, C, D as the kernel, so the two compute the same outputs up
 to float rounding, and the convolution is tens of times faster on a CPU. `exact_recurrence=True`
@@ -20,6 +29,7 @@ runs the recurrence anyway.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -30,14 +40,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import cache
+from ..analog.hwa import with_weight_noise
 from ..cache import DEFAULT_CACHE
 from ..core.data import SequenceData, load_dataset
 from ..core.model import S4DModel
 from ..core.train import DivergenceError, evaluate, first_training_batches, resolve_device
 from ..io import config_key
 from ..quant.metrics import report
-from ..quant.precision import PrecisionSpec, recipe_spec
-from ..quant.quantize import CALIBRATION_BATCHES, ptq_model
+from ..quant.precision import PrecisionSpec, QATPlan, recipe_spec
+from ..quant.pruning import accuracy_at_least, attach_masks, prune
+from ..quant.quantize import CALIBRATION_BATCHES, ptq_model, without_state_quantizer
 from ..quant.search import DEFAULT_LADDER, SearchResult, SearchStep, check_ladder, greedy_search, resolve_cutoff
 from .harness import StudySetup
 
@@ -72,13 +84,21 @@ class ModelZoo:
     models_dir: Path = DEFAULT_CACHE
     progress: bool = True
     exact_recurrence: bool = False
+    from_scratch: bool = False  # QAT from a seeded init ([S25]) rather than fine-tuned from the float model
 
     @cached_property
     def key(self) -> str:
         """Short hash of everything that decides a measurement here: the model, its float training,
-        the QAT fine-tuning and the evaluation subset. Studies keep it in their rows, so that a run
-        with other settings into the same results table measures afresh instead of resuming."""
-        return config_key(self.setup.model, self.setup.train, self.setup.finetune, {"test_samples": self.setup.test_samples})
+        the QAT training and where it starts, and the evaluation subset. Studies keep it in their rows,
+        so that a run with other settings into the same results table measures afresh instead of resuming."""
+        start = {"from_scratch": True} if self.from_scratch else {}  # fine-tuning zoos keep their older keys
+        return config_key(self.setup.model, self.setup.train, self.setup.finetune, {"test_samples": self.setup.test_samples, **start})
+
+    def following(self, plan: QATPlan, epochs: int | None = None) -> ModelZoo:
+        """This zoo with its QAT as `plan` runs it (aimc_ssm.quant.precision.recipe_qat_plan): from scratch
+        or fine-tuned, at the plan's lr and in its mode, for `epochs` (default: the plan's)."""
+        finetune = replace(self.setup.finetune, epochs=epochs or plan.epochs, lr=plan.lr, mode=plan.mode)
+        return replace(self, setup=replace(self.setup, finetune=finetune), from_scratch=plan.from_scratch)
 
     @cached_property
     def data(self) -> SequenceData:
@@ -115,12 +135,13 @@ class ModelZoo:
         return ptq_model(self.float_model, spec, calibration)
 
     def qat(self, spec: PrecisionSpec) -> tuple[S4DModel, dict]:
-        """The float model fine-tuned with `spec`'s quantizers on (setup.finetune), and its training metrics."""
+        """The model trained with `spec`'s quantizers on (setup.finetune), and its training metrics: the
+        float model fine-tuned, or with from_scratch a seeded fresh model trained (module docstring)."""
         return cache.qat_model(
             self.setup.model,
             self.setup.finetune,
             spec,
-            finetune_from=self.setup.train,
+            finetune_from=None if self.from_scratch else self.setup.train,
             cache_dir=self.models_dir,
             progress=self.progress,
         )
@@ -157,6 +178,36 @@ class ModelZoo:
             tqdm.write(f"QAT diverged, scored NaN: {err}")
             return math.nan
         return self.accuracy(model, split, mode)
+
+    # -- under noise and pruning -------------------------------------------------------------
+    def noisy_accuracies(self, model: S4DModel, sigma: float, target: str, repeats: int, seed: int) -> list[float]:
+        """Test accuracy of `model` with relative Gaussian noise `sigma` on A or Ā (aimc_ssm.analog.hwa.WeightNoise)
+        drawn afresh at every forward (every batch): one value per pass over the test subset, pass r seeded
+        with seed_for(seed, r)."""
+        noisy = with_weight_noise(without_state_quantizer(model), sigma, target).to(self.device)
+        accuracies = []
+        for repeat in range(repeats):
+            torch.manual_seed(seed_for(seed, repeat))
+            accuracies.append(evaluate(noisy, self.batches("test"), "conv", self.device))
+        return accuracies
+
+    def pruned(self, model: S4DModel, kind: str, tolerance: float, max_candidates: int | None = None) -> tuple[S4DModel, dict]:
+        """A copy of `model` greedily pruned (aimc_ssm.quant.pruning.prune, whole model) while its validation
+        accuracy stays within `tolerance` (a fraction) of the unpruned one's, and what it took:
+        {candidates, pruned, pruned_fraction, evaluations, val_accuracy_unpruned, val_accuracy}."""
+        pruned = attach_masks(copy.deepcopy(without_state_quantizer(model))).to(self.device)
+        val = self.batches("val")
+        before = evaluate(pruned, val, "conv", self.device)
+        result = prune(pruned, kind, lambda: accuracy_at_least(pruned, val, before - tolerance), max_candidates=max_candidates)
+        return pruned, {
+            "candidates": result.candidates, "pruned": len(result.pruned), "pruned_fraction": len(result.pruned) / max(result.candidates, 1),
+            "evaluations": result.evaluations, "val_accuracy_unpruned": before, "val_accuracy": evaluate(pruned, val, "conv", self.device),
+        }
+
+
+def seed_for(seed: int, repeat: int) -> int:
+    """The random seed of one repeat: the same draw index gets the same seed at every point of a sweep."""
+    return 1000 * seed + repeat
 
 
 def search_precision(
