@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .quantizers import ComplexQuantizer, fake_quantize_, polar_to_cartesian, to_planes
+from .quantizers import ComplexQuantizer, Grid, fake_quantize_, grid, polar_to_cartesian, tensor_ranges, to_planes
 
 
 def output_planes(C: torch.Tensor) -> torch.Tensor:
@@ -39,43 +39,47 @@ def next_state(x: torch.Tensor, u_t: torch.Tensor, A: torch.Tensor, B: torch.Ten
     return quant.state.quantize_planes(ax + bu)
 
 
-class _FrozenGrid:
-    """A static cartesian ComplexQuantizer's grid, read once per sequence and transposed for planes laid
-    out channel-major (2, H, B, n), so that the recurrence rounds with `fake_quantize_` without
-    recomputing the grid every step."""
+class _ChannelMajorRounding:
+    """A ComplexQuantizer applied in place to the channel-major planes (2, H, B, n) of `_scan_no_grad`.
+
+    A cartesian quantizer whose ranges are extremes or percentiles rounds the planes where they lie:
+    those ranges do not depend on the order the values are visited in, so the channel-major values give
+    the ranges a batch-major copy (2, B, H, n) would. A static grid is read once; a dynamic one is taken
+    from every step's values. Any other quantizer (polar, a ternary mean, one still observing) quantizes
+    a batch-major copy, as `next_state` hands it its values."""
 
     def __init__(self, quantizer: ComplexQuantizer, planes: torch.Tensor):
-        g = quantizer.parts.grid(planes.transpose(1, 2))  # shaped for (2, B, H, n)
-
-        def channel_major(v):
-            return v.transpose(1, 2) if torch.is_tensor(v) else v  # (2 or 1, H, 1, 1)
-
-        self.grid = g._replace(scale=channel_major(g.scale), q_lo=channel_major(g.q_lo))
-        self.clamp = quantizer.parts.config.clamp
+        self.quantizer = quantizer
+        parts = quantizer.parts
+        self.clamp = parts.config.clamp
+        self.in_place = quantizer.form == "cartesian" and not parts.config.ternary and not parts.observing
+        # the axes with ranges of their own, as the quantizer names them for batch-major planes
+        kept = parts.kept_dims(planes.transpose(1, 2), per_sequence=True)
+        self.kept = tuple(sorted({1: 2, 2: 1}.get(axis, axis) for axis in kept))  # ... and channel-major
+        self.frozen = self.grid_of(planes) if self.in_place and parts.is_static else None
 
     @staticmethod
     def of(quantizer: ComplexQuantizer | None, planes: torch.Tensor):
-        """The frozen grid where the quantizer has one (static, calibrated, cartesian), else None."""
-        if quantizer is None or quantizer.is_float or quantizer.form != "cartesian":
-            return None
-        parts = quantizer.parts
-        return _FrozenGrid(quantizer, planes) if parts.is_static and not parts.observing else None
+        """The rounding where the quantizer quantizes anything, else None."""
+        return None if quantizer is None or quantizer.is_float else _ChannelMajorRounding(quantizer, planes)
 
-    def round_(self, x: torch.Tensor) -> torch.Tensor:
+    def grid_of(self, planes: torch.Tensor) -> Grid:
+        """The grid of channel-major planes (already clamped)."""
+        parts = self.quantizer.parts
+        if parts.is_static:  # the calibrated ranges, shaped for batch-major planes
+            lo, hi = (v.transpose(1, 2) for v in parts.ranges(planes.transpose(1, 2)))
+        else:  # reduced over the contiguous channel-major values, a fifth faster than over a transposed view
+            lo, hi = tensor_ranges(planes, parts.config, self.kept)
+        return grid(parts.config, lo, hi)
+
+    def round_(self, planes: torch.Tensor) -> torch.Tensor:
+        if not self.in_place:
+            batch_major = planes.transpose(1, 2)
+            batch_major.copy_(self.quantizer.quantize_planes_(batch_major.contiguous()))
+            return planes
         if self.clamp is not None:
-            x = x.clamp_(-self.clamp, self.clamp)
-        return fake_quantize_(x, self.grid)
-
-
-def _quantize_channel_major_(quantizer: ComplexQuantizer, grid: _FrozenGrid | None, planes: torch.Tensor) -> torch.Tensor:
-    """Quantize channel-major planes (2, H, B, n) in place: by the frozen grid, or else by the
-    quantizer itself on a batch-major (2, B, H, n) copy, as its ranges come from the values in the
-    order `next_state` gives them (a mean over a transposed view sums in another order)."""
-    if grid is not None:
-        return grid.round_(planes)
-    batch_major = planes.transpose(1, 2)
-    batch_major.copy_(quantizer.quantize_planes_(batch_major.contiguous()))
-    return planes
+            planes = planes.clamp_(-self.clamp, self.clamp)
+        return fake_quantize_(planes, self.frozen or self.grid_of(planes))
 
 
 def quantized_step(u_t: torch.Tensor, x: torch.Tensor, params, quant):
@@ -90,7 +94,7 @@ def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = Non
     """The whole sequence as deployed: u (B, L, H) -> y (B, L, H); x0 complex (B, H, n) or zeros.
 
     With autograd (training in recurrent mode) every step allocates its results; without, the
-    state ping-pongs between preallocated buffers (`_scan_no_grad`)."""
+    state is updated in place in a preallocated buffer (`_scan_no_grad`)."""
     dA, dB, C, D = params
     batch, L, H = u.shape
     A, B, C2 = to_planes(dA), to_planes(dB), output_planes(C)  # (2, H, n) each
@@ -106,7 +110,7 @@ def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = Non
 
 
 def _scan_no_grad(u, A, B, C2, D, quant, x) -> torch.Tensor:
-    """`quantized_scan` without autograd, in four preallocated buffers.
+    """`quantized_scan` without autograd: the state updated in place, beside one buffer of products.
 
     The planes are laid out channel-major, (2, H, B, n): the per-channel operands (grid scale and
     bounds, Ā, B̄, the input u_t) then broadcast as scalars along runs of B or B·n contiguous
@@ -114,31 +118,38 @@ def _scan_no_grad(u, A, B, C2, D, quant, x) -> torch.Tensor:
     (2, B, H, n) breaks every such operation into runs of n. Each element still sees the operations
     of `next_state`, in the same order, so the rounding decisions and y are unchanged.
 
-    Batch chunks small enough to stay in L2 were measured slower (H=16, n=32, 1 thread: 64 sequences
-    per chunk took 1.2x the unchunked time): the per-element cost is the same there, and every chunk
-    pays every operation's dispatch again."""
+    A step is 11 elementwise passes over the state (5 for Ā ⊙ x + B̄·u_t, 5 for the rounding, 1 for
+    y) and a sum over the modes: the fewest that eager operations allow while rounding as the
+    quantizer does (a fused multiply-add, as in addcmul, would round Ā ⊙ x + B̄·u_t differently;
+    x / scale must be a true division). At the benchmark's sizes the state (2 MB) is larger than a
+    core's L2 cache and every pass streams it from L3; the division is the dearest pass. Batch chunks
+    small enough to stay in L2 were measured no faster (H=16, n=32, 1 thread: 32 and 64 sequences per
+    chunk took 1.4x and 1.1x the unchunked time, 125 the same): every chunk pays every operation's
+    dispatch again. The views of the buffers are made once, not every step, for the same reason."""
     batch, L, H = u.shape
-    x = x.transpose(1, 2).contiguous()  # (2, H, B, n)
-    new, prod, scratch = torch.empty_like(x), torch.empty_like(x), x.new_empty(x.shape[1:])
+    x = x.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (2, H, B, n), the loop's own
+    prod = torch.empty_like(x)
+    (x_re, x_im), (prod_re, prod_im) = x.unbind(0), prod.unbind(0)  # views made once
     ar, ai = A[:, :, None]  # (H, 1, n)
-    B = B[:, :, None]  # (2, H, 1, n)
-    C2 = C2[:, :, None]  # (2, H, 1, n)
-    state_grid, ax_grid, bu_grid = (_FrozenGrid.of(q, x) for q in (quant.state, quant.partial_Ax, quant.partial_Bu))
-    u_steps = u.permute(1, 2, 0).contiguous()  # (L, H, B): one contiguous slice per step
+    minus_ai = -ai
+    B, (c_re, c_im) = B[:, :, None], C2[:, :, None]  # (2, H, 1, n), (H, 1, n) each
+    state, partial_Ax, partial_Bu = (
+        _ChannelMajorRounding.of(q, x) for q in (quant.state, quant.partial_Ax, quant.partial_Bu)
+    )
+    u_steps = u.permute(1, 2, 0)[..., None].contiguous().unbind(0)  # L views (H, B, 1), made at once
     y = u.new_empty(L, H, batch)
-    for t in range(L):
-        u_t = u_steps[t, :, :, None]  # (H, B, 1)
-        torch.mul(x, ar, out=new)  # Ā ⊙ x: (Re x·Re Ā, Im x·Re Ā) ...
-        torch.mul(x, ai, out=prod)  # ... and (Re x·Im Ā, Im x·Im Ā)
-        new[0].sub_(prod[1])
-        new[1].add_(prod[0])
+    for u_t, y_t in zip(u_steps, y.unbind(0)):
+        torch.mul(x_im, minus_ai, out=prod_re)  # -Im x·Im Ā (negation is exact)
+        torch.mul(x_re, ai, out=prod_im)  # Re x·Im Ā
+        x.mul_(ar).add_(prod)  # Ā ⊙ x, in place: (Re x·Re Ā - Im x·Im Ā, Im x·Re Ā + Re x·Im Ā)
         torch.mul(B, u_t, out=prod)  # B̄·u_t
-        if quant.partial_Ax is not None:
-            _quantize_channel_major_(quant.partial_Ax, ax_grid, new)
-            _quantize_channel_major_(quant.partial_Bu, bu_grid, prod)
-        _quantize_channel_major_(quant.state, state_grid, new.add_(prod))
-        x, new = new, x
-        torch.sum(torch.mul(x[0], C2[0], out=scratch).addcmul_(x[1], C2[1]), -1, out=y[t])  # 2·Re(C·x_t)
+        if partial_Ax is not None:
+            partial_Ax.round_(x)
+            partial_Bu.round_(prod)
+        x.add_(prod)
+        if state is not None:
+            state.round_(x)
+        torch.sum(torch.mul(x_re, c_re, out=prod_re).addcmul_(x_im, c_im), -1, out=y_t)  # 2·Re(C·x_t)
     y = y.permute(2, 0, 1)  # (B, L, H)
     if not quant.y.is_float:
         y = quant.y(y.contiguous())  # its ranges from batch-major values, as the other paths take them
