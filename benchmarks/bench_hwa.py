@@ -22,10 +22,9 @@ the recurrence itself.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from bench_s4d import alternating_medians, training_step  # the step and its timing, as the model benchmark has them
 
 from aimc_ssm import ModelConfig, S4DModel
 from aimc_ssm.analog.deploy import measure_signals
@@ -35,37 +34,6 @@ from aimc_ssm.core.model import parameter_groups
 from aimc_ssm.core.train import TrainConfig
 
 CLASSES = 10
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def training_step(model, forward, x, y):
-    optimizer = torch.optim.AdamW(parameter_groups(model, TrainConfig().lr, TrainConfig().weight_decay, TrainConfig().ssm_lr))
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(forward(x), y).backward()
-        optimizer.step()
-
-    return step
-
-
-def alternating_medians(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -98,10 +66,15 @@ def main() -> None:
     peaks = measure_signals(model, x, state_quantizer=False)
     kernel_config = load_device(args.analog_device, adc_range=2.0, drift_compensation="averaged")
     hwa = through_kernels(model, kernel_config, peaks, KernelHWA(mapping="incremental", copies=4, y_adc_range=8.0)).to(device).train()
+    train = TrainConfig()
+
+    def groups(m):
+        return parameter_groups(m, train.lr, train.weight_decay, train.ssm_lr)
+
     steps = {
-        "conv": training_step(model, lambda v: model(v, "conv"), x, y),
-        "recurrent": training_step(model, lambda v: model(v, "recurrent"), x, y),
-        "hwa": training_step(hwa, lambda v: hwa(v, "recurrent"), x, y),
+        "conv": training_step(model, groups(model), lambda v: model(v, "conv"), x, y),
+        "recurrent": training_step(model, groups(model), lambda v: model(v, "recurrent"), x, y),
+        "hwa": training_step(hwa, groups(hwa), lambda v: hwa(v, "recurrent"), x, y),
     }
     times = alternating_medians(steps, device, warmup, repeats)
 
