@@ -1,19 +1,25 @@
-"""Speed of the fused SSM crossbar kernel against its reference: a per-channel loop of aihwkit tiles.
+"""Speed of the fused SSM crossbar kernel against its reference (a per-channel loop of aihwkit tiles) and its floor.
 
     .venv/bin/python benchmarks/bench_fused_kernel.py                      # batch 500, L 784, H 16, N 64, pcm
     .venv/bin/python benchmarks/bench_fused_kernel.py --ref-steps 100      # reference timed on 100 steps, scaled
-    .venv/bin/python benchmarks/bench_fused_kernel.py --compute cuda
+    .venv/bin/python benchmarks/bench_fused_kernel.py --compute cuda --compile-step
     .venv/bin/python benchmarks/bench_fused_kernel.py --set forward.out_noise=0   # converters only, no noise draws
 
-All three runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel, `CrossbarStack.step`), the
-same scan with aihwkit's `AnalogMVM.matmul` per step (`--with-mvm`), and `FusedS4D.scan_ref`, one
-AnalogLinear call per channel and step. With --ref-steps the reference runs on the first steps of the
-sequence only and its time is scaled to the full length (the per-step cost does not depend on t).
+All runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel, `CrossbarStack.step`; on a GPU
+its steps captured in CUDA graphs), with --plain its plain twin `FusedS4D.scan_plain`, with --with-mvm the
+scan through aihwkit's `AnalogMVM.matmul` per step, and `FusedS4D.scan_ref`, one AnalogLinear call per
+channel and step. With --ref-steps the reference runs on the first steps of the sequence only and its time
+is scaled to the full length (the per-step cost does not depend on t).
 
-The floor is the work no implementation of the step can skip, timed in the same run: one batched
-matmul of the (H, B, N+2) inputs with the (H, N+2, N+1) crossbars and, where the device has output
-noise, one Gaussian draw per output, every step. Both paths pay the noise draws alike, so on a CPU,
-where drawing is slower than the matmul, they bound the speed-up over the reference.
+Floors: the work no implementation of the step can skip, timed in the same run, every step:
+  float32  one batched float32 matmul of the (H, B, N+2) inputs with the (H, N+2, N+1) crossbars and,
+           where the device has output noise, one torch.randn draw per output: aihwkit's batched read.
+  own      the kernel's own read under per-sequence reads (the default): the inputs cast to float64, the
+           float64 matmul (a sequence's result must not depend on its batch) rounded back to float32, and
+           the counter-based normals of every output (`SequenceDraws.normal_`, each sequence its stream).
+The float32 floor is not reachable by per-sequence reads: their product is float64 and their normals
+are hashed, not drawn from torch's generator; the "own" floor is the one they can reach. On a GPU both
+floors are timed eagerly and as CUDA graphs of 16 steps, as the kernel runs; ratios are against the faster.
 """
 from __future__ import annotations
 
@@ -24,18 +30,32 @@ import torch
 
 from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
-from aimc_ssm.analog.kernel import FusedS4D
+from aimc_ssm.analog.draws import SequenceDraws
+from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan
 from aimc_ssm.core.s4d import S4D
 
+REPEATS = 1  # --repeat: each time is the best of this many runs (a shared CPU's neighbours slow some)
+CLOCK = time.perf_counter  # --cpu-time: time.process_time, the CPU time of this process
 
-def timed(fn, compute: str) -> float:
-    if compute == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if compute == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+
+def timed(fn, compute: str, keep: list | None = None) -> float:
+    """Seconds fn() takes, the best of REPEATS runs; its last result appended to keep."""
+    best = float("inf")
+    for _ in range(REPEATS):
+        if compute == "cuda":
+            torch.cuda.synchronize()
+        start = CLOCK()
+        result = fn()
+        if compute == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, CLOCK() - start)
+    if keep is not None:
+        keep.append(result)
+    return best
+
+
+def agreement(y: torch.Tensor, twin: torch.Tensor) -> str:
+    return "bit for bit" if torch.equal(y, twin) else f"max |difference| {(y - twin).abs().max().item():.2e}"
 
 
 def main() -> None:
@@ -49,10 +69,25 @@ def main() -> None:
     parser.add_argument("--compute", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--ref-steps", type=int, default=None, help="time the reference on this many steps and scale")
     parser.add_argument("--with-mvm", action="store_true", help="also time the scan through AnalogMVM.matmul")
+    parser.add_argument("--plain", action="store_true", help="also time the plain twin (FusedS4D.scan_plain)")
+    parser.add_argument("--eager", action="store_true", help="on cuda: also time the fast step without CUDA graphs")
+    parser.add_argument("--compile-step", action="store_true", help="on cuda: compile the step (torch.compile) before capture")
+    parser.add_argument("--graph-steps", type=int, default=GRAPH_STEPS, help="on cuda: steps per CUDA graph (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--cpu-time", action="store_true",
+        help="on cpu with --threads 1: time in this process's CPU seconds, which neighbours on a shared machine do not inflate",
+    )
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also profile a scan of this many steps (torch.profiler)")
+    parser.add_argument("--repeat", type=int, default=1, help="report the best of this many runs of each (not the reference)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    global REPEATS, CLOCK
+    if args.cpu_time and (args.compute != "cpu" or args.threads != 1):
+        parser.error("--cpu-time measures one CPU thread: use it with --compute cpu --threads 1")
 
+    REPEATS = args.repeat
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -68,35 +103,127 @@ def main() -> None:
     print(
         f"batch {args.batch}, L {args.length}, H {args.d_model}, N {args.d_state} "
         f"({args.d_state + 2}x{args.d_state + 1} crossbars), device {' '.join([args.device, *args.set])}, compute {args.compute}, "
-        f"{torch.get_num_threads()} threads, execution {kernel.execution()}"
+        f"{torch.get_num_threads()} threads, execution {kernel.execution()}, "
+        f"{'CPU' if args.cpu_time else 'wall-clock'} seconds, best of {args.repeat}"
     )
+    kernel.graph_steps, kernel.compile_step = args.graph_steps, args.compile_step
+    steps = args.length + 1
     with torch.no_grad():
-        kernel(u[:, :2])  # warm-up
-        fused = timed(lambda: kernel(u), args.compute)
-        print(f"fused kernel (execution {kernel.execution()}):              {fused:8.2f} s")
+        if not kernel.compile_step:
+            kernel(u[:, :2])  # warm-up
+        else:  # compiled for the scan's shapes, once: its first call
+            first = timed(lambda: kernel(u), args.compute)
+            print(f"fused kernel, first call (compiles the step): {first:8.3f} s")
+        y = []
+        fused = timed(lambda: kernel(u), args.compute, y)
+        how = f", CUDA graphs of {kernel.graph_steps} steps{', compiled step' if kernel.compile_step else ''}" if args.compute == "cuda" else ""
+        print(f"fused kernel (execution {kernel.execution()}{how}):{' ' * max(1, 24 - len(how))}{fused:8.3f} s")
+        if args.compute == "cuda" and kernel.graph_steps > 0:
+            scan = StaticScan(kernel, kernel.crossbar_stack(u), u)
+            REPEATS, repeats = 1, REPEATS  # one capture, replayed once
+            capture = timed(lambda: scan.capture(kernel.graph_steps, kernel.compile_step), args.compute)
+            replay = timed(scan.replay, args.compute, y)
+            REPEATS = repeats
+            print(f"  of which capture{' and compilation' if kernel.compile_step else ''} {capture:.3f} s, replays {replay:.3f} s (agree {agreement(y[0], y[-1])})")
+        if args.eager and args.compute == "cuda":
+            kernel.graph_steps, compiled, kernel.compile_step = 0, kernel.compile_step, False
+            eager = timed(lambda: kernel(u), args.compute, y)
+            kernel.graph_steps, kernel.compile_step = args.graph_steps, compiled
+            print(f"fused kernel, steps launched eagerly:           {eager:8.3f} s   ({eager / fused:.1f}x the fused kernel; agree {agreement(y[0], y[-1])})")
+        if args.plain:
+            plain = timed(lambda: kernel.scan_plain(u), args.compute, y)
+            print(f"plain twin (scan_plain):                        {plain:8.3f} s   ({plain / fused:.1f}x the fused kernel; agree {agreement(y[0], y[-1])})")
         if args.with_mvm:
             mvm = timed(lambda: kernel.scan(u, reference_mvm=True), args.compute)
-            print(f"fused, AnalogMVM.matmul per step (twin):        {mvm:8.2f} s   ({mvm / fused:.1f}x the fused kernel)")
+            print(f"fused, AnalogMVM.matmul per step (twin):        {mvm:8.3f} s   ({mvm / fused:.1f}x the fused kernel)")
+        REPEATS, repeats = 1, REPEATS
         ref = timed(lambda: kernel.scan_ref(u[:, :ref_steps]), args.compute) * (args.length + 1) / (ref_steps + 1)
+        REPEATS = repeats
         scaled = f", timed on {ref_steps} of {args.length} steps and scaled" if ref_steps < args.length else ""
-        print(f"reference (AnalogLinear per channel per step):  {ref:8.2f} s{scaled}")
-        floor = timed(lambda: floor_steps(kernel, args.batch, args.length + 1), args.compute)
-        noise = "matmul and output-noise draws" if kernel.rpu_config.forward.out_noise > 0 else "matmul"
-        print(f"floor ({noise} per step):{' ' * (23 - len(noise))}{floor:8.2f} s   (fused kernel: {fused / floor:.1f}x the floor)")
-    print(f"speed-up of the fused kernel over the reference: {ref / fused:.1f}x (a kernel at the floor would reach {ref / floor:.1f}x)")
+        print(f"reference (AnalogLinear per channel per step):  {ref:8.3f} s{scaled}")
+        noise = "output-noise draws" if kernel.rpu_config.forward.out_noise > 0 else "no noise"
+        floors = {}
+        for name in ("float32", "own"):
+            floor = Floor(kernel, args.batch, name)
+            times = {"eager": timed(lambda: floor.run(steps), args.compute)}
+            if args.compute == "cuda":
+                times["graphs"] = timed(lambda: floor.replay(steps, args.graph_steps), args.compute)
+            floors[name] = min(times.values())
+            detail = ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
+            print(f"floor {name:7s} (matmul, {noise}):{' ' * (18 - len(noise))}{floors[name]:8.3f} s   ({detail}; fused kernel: {fused / floors[name]:.2f}x this floor)")
+    if args.profile:
+        profile(kernel, u[:, : args.profile], args.compute)
+    print(f"speed-up of the fused kernel over the reference: {ref / fused:.1f}x (a kernel at the float32 floor would reach {ref / floors['float32']:.1f}x)")
 
 
-def floor_steps(kernel: FusedS4D, batch: int, steps: int) -> None:
-    """The arithmetic of `steps` steps that every implementation does: the stack's matmul and noise draws."""
-    H, N = kernel.d_model, kernel.d_state
-    weight = torch.randn(H, N + 2, N + 1, device=kernel.D.device)
-    inp = torch.randn(H, batch, N + 2, device=weight.device)
-    out, noise = torch.empty(H, batch, N + 1, device=weight.device), torch.empty(H, batch, N + 1, device=weight.device)
-    draws = kernel.rpu_config.forward.out_noise > 0
-    for _ in range(steps):
-        torch.bmm(inp, weight, out=out)
-        if draws:
-            noise.normal_()
+def profile(kernel: FusedS4D, u: torch.Tensor, compute: str) -> None:
+    """The operations of one scan of u, by their own time: what a step costs beyond the floor."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if compute == "cuda" else [])
+    with torch.no_grad(), profiler(activities=activities) as run:
+        kernel(u)
+    key = "self_cuda_time_total" if compute == "cuda" else "self_cpu_time_total"
+    print(f"one scan of {u.shape[1]} steps, by operation:")
+    print(run.key_averages().table(sort_by=key, row_limit=20))
+
+
+class Floor:
+    """The arithmetic of one step that every implementation does (module docstring): "float32" (aihwkit's
+    batched read) or "own" (the per-sequence read: float64 product, counter-based normals)."""
+
+    def __init__(self, kernel: FusedS4D, batch: int, kind: str):
+        H, N = kernel.d_model, kernel.d_state
+        device = kernel.D.device
+        self.kind, self.draws = kind, kernel.rpu_config.forward.out_noise > 0
+        self.weight = torch.randn(H, N + 2, N + 1, device=device)
+        self.inp = torch.randn(H, batch, N + 2, device=device)
+        self.out, self.noise = torch.empty(H, batch, N + 1, device=device), torch.empty(H, batch, N + 1, device=device)
+        if kind == "own":
+            self.weight64, self.inp64 = self.weight.double(), self.inp.double()
+            self.out64 = self.out.double()
+            self.sequence_draws = SequenceDraws(torch.arange(batch, device=device, dtype=torch.int32) * 7919)
+        self.step = 0
+
+    def read(self) -> None:
+        if self.kind == "float32":
+            torch.bmm(self.inp, self.weight, out=self.out)
+            if self.draws:
+                self.noise.normal_()
+            return
+        self.out.copy_(torch.bmm(self.inp64.copy_(self.inp), self.weight64, out=self.out64))
+        if self.draws:
+            self.sequence_draws.normal_(self.noise, self.step, 0, "output_noise", 0)
+        if isinstance(self.step, int):
+            self.step += 1
+        else:
+            self.step.add_(1)
+
+    def run(self, steps: int) -> None:
+        self.step = 0
+        for _ in range(steps):
+            self.read()
+
+    def replay(self, steps: int, graph_steps: int) -> None:
+        """The steps as CUDA graphs of graph_steps steps, as the kernel runs on a GPU."""
+        replays = -(-steps // graph_steps)
+        if self.kind == "own":
+            self.sequence_draws.prepare(replays * graph_steps)
+            self.step = torch.zeros((), dtype=torch.int64, device=self.out.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.read()  # warm-up
+        torch.cuda.current_stream().wait_stream(side)
+        if self.kind == "own":
+            self.step.zero_()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(graph_steps):
+                self.read()
+        for _ in range(replays):
+            graph.replay()
 
 
 if __name__ == "__main__":

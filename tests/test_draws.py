@@ -4,13 +4,49 @@ import pytest
 import torch
 from scipy import stats
 
-from aimc_ssm.analog.draws import SequenceDraws, TorchDraws, as_int32_tensor, hash32, hash32_ref, normal_ref, sequence_keys, unsigned
+from aimc_ssm.analog.draws import (
+    SequenceDraws,
+    TorchDraws,
+    as_int32_tensor,
+    hash32,
+    hash32_,
+    hash32_ref,
+    normal_ref,
+    sequence_keys,
+    unsigned,
+)
 
 
 def test_hash_matches_its_plain_twin():
     patterns = torch.cat([torch.randint(0, 2**32, (2000,), dtype=torch.int64), torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1])])
     hashed = unsigned(hash32(as_int32_tensor(patterns)))
     assert hashed.tolist() == [hash32_ref(v) for v in patterns.tolist()]
+
+
+def test_in_place_hash_matches_the_hash():
+    patterns = as_int32_tensor(torch.randint(0, 2**32, (3, 700), dtype=torch.int64))
+    assert torch.equal(hash32_(patterns.clone(), torch.empty_like(patterns)), hash32(patterns))
+
+
+@pytest.mark.parametrize("shape", [(16, 40, 65), (3, 12, 7), (3, 1, 7), (2, 5, 8), (1, 1, 1)])
+def test_one_pass_normals_match_the_plain_vectorized_normals_bit_for_bit(shape):
+    """normal_ (radius and angle slabs hashed in place, products written into place) == normal_plain_."""
+    draws = SequenceDraws(as_int32_tensor(torch.randint(0, 2**32, (shape[1],), dtype=torch.int64)))
+    for step in (0, 9):  # its buffers are reused by the second read
+        fast = draws.normal_(torch.empty(shape), step, 1, "output_noise", 1).clone()
+        assert torch.equal(fast, draws.normal_plain_(torch.empty(shape), step, 1, "output_noise", 1))
+
+
+def test_a_step_held_in_a_tensor_draws_as_its_integer():
+    """Prepared tables (a step counter on the device, for captured steps) give the host counter's draws."""
+    draws = SequenceDraws(torch.tensor([3, -7, 2**30], dtype=torch.int32))
+    draws.prepare(12)
+    for step, attempt, purpose in ((0, 0, "output_noise"), (11, 2, "input_noise"), (5, 1, "adc_rounding")):
+        held = torch.tensor(step)
+        assert torch.equal(draws.normal_(torch.empty(2, 3, 5), held, attempt, purpose, 1).clone(),
+                           draws.normal_(torch.empty(2, 3, 5), step, attempt, purpose, 1))
+        assert torch.equal(draws.uniform_(torch.empty(2, 3, 4), held, attempt, purpose, 0),
+                           draws.uniform_(torch.empty(2, 3, 4), step, attempt, purpose, 0))
 
 
 def test_normals_match_their_plain_twin():

@@ -87,6 +87,17 @@ the twins `step_ref` and `scan_ref` draw them; the paths other than "fused" read
 is the per-channel loop of the same aihwkit tiles (aimc_ssm.analog.mvm.tiles_forward), and is what
 compiled (C++) tiles run, as only their own forward simulates forward.w_noise; their MVM reads all
 columns with one ADC range, so they take no y_adc_range.
+
+Speed. `scan` is the fast path and `scan_plain` its plain twin (one `CrossbarStack.step_plain` after
+the other): the same outputs, bit for bit. The fast step reuses its buffers (a fresh megabyte tensor
+costs more than the arithmetic on it) and draws all normals of a read in one pass. A GPU step is a few
+dozen small kernels, so there the cost is their launches: with per-sequence reads, whose draws are pure
+functions of counters, `StaticScan` holds the scan's buffers at fixed addresses and the step counter in
+a device tensor, captures `graph_steps` steps once in a CUDA graph and replays them over the sequence
+(iterative bound management then makes its fixed number of masked attempts instead of looping while a
+read clips: the same outputs without a host decision). `compile_step` compiles the step
+(torch.compile, fusing its elementwise chains) before the capture: fewer, larger kernels, at the price
+of a compilation for each new shape of input.
 """
 from __future__ import annotations
 
@@ -139,6 +150,7 @@ def check_options(copies: int, y_adc_range: float | None) -> None:
         raise ValueError(f"y_adc_range must be a positive ADC range (or None: the kernel's), got {y_adc_range!r}")
 
 
+GRAPH_STEPS = 16  # steps per CUDA graph: one capture costs about as much as 16 eager steps
 MAPPINGS = ("balanced", "direct", "incremental")  # see the module docstring
 READS = ("per-sequence", "batched")  # who decides a read: every sequence, or the batch (module docstring)
 
@@ -185,6 +197,8 @@ class FusedS4D(nn.Module):
             raise ValueError(f"reads must be one of {READS}, got {reads!r}")
         self.d_model, self.d_state = ssm.d_model, ssm.d_state
         self.copies, self.y_adc_range, self.reads = copies, y_adc_range, reads
+        # on a GPU: steps per captured CUDA graph (0: launch every step eagerly), and whether to compile the step
+        self.graph_steps, self.compile_step = GRAPH_STEPS, False
         n_in, n_out = copies * (self.d_state + 2), self.d_state + 1
         config = crossbar_config(rpu_config, copies)
         check_crossbar_fits(config.mapping, n_in, n_out)
@@ -366,12 +380,28 @@ class FusedS4D(nn.Module):
     def scan(self, u: torch.Tensor, reference_mvm: bool = False) -> torch.Tensor:
         """All crossbars and the whole batch advance in one vectorized step: u (B, L, H) -> y (B, L, H).
 
-        reference_mvm: step with aihwkit's AnalogMVM.matmul (`CrossbarStack.step_ref`).
+        `scan_plain`'s outputs, bit for bit, through `CrossbarStack.step`. On a GPU the step costs
+        dozens of small kernels, each a launch: with per-sequence reads (whose draws are pure functions
+        of their counters) the scan steps through `StaticScan`, `graph_steps` steps captured once in a
+        CUDA graph and replayed, with `compile_step` the step compiled (torch.compile) before capture.
+        reference_mvm: step with aihwkit's AnalogMVM.matmul (`CrossbarStack.step_ref`), as `scan_plain`.
         """
+        if reference_mvm:
+            return self.scan_plain(u, reference_mvm=True)
+        stack = self.crossbar_stack(u)
+        scan = StaticScan(self, stack, u)
+        if u.is_cuda and stack.draws.per_sequence and self.graph_steps > 0:
+            scan.capture(self.graph_steps, self.compile_step)
+            return scan.replay()
+        return scan.run()
+
+    @torch.no_grad()
+    def scan_plain(self, u: torch.Tensor, reference_mvm: bool = False) -> torch.Tensor:
+        """Plain twin of `scan`: one `CrossbarStack.step_plain` (or `step_ref`) after the other, eagerly."""
         B, L, H = u.shape
         N = self.d_state
         stack = self.crossbar_stack(None if reference_mvm else u)
-        step = stack.step_ref if reference_mvm else stack.step
+        step = stack.step_ref if reference_mvm else stack.step_plain
         # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
         u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
         inp = u.new_zeros(H, B, self.copies * (N + 2))
@@ -426,3 +456,85 @@ def fused_layers(model) -> list[FusedS4D]:
             "reading crossbars needs a model from aimc_ssm.analog.to_analog (its SSMs are FusedS4D crossbars)"
         )
     return layers
+
+
+class StaticScan:
+    """The buffers of one `FusedS4D.scan` and its step at fixed addresses, so a run of steps can be
+    captured once (CUDA graphs) and replayed: the step reads u_t and writes y_{t-1} at the device step
+    counter of its `CrossbarStack` (`capture_steps`), which every step advances in place.
+
+    `run` steps eagerly, the counter a Python int unless `CrossbarStack.capture_steps` made it a tensor:
+    `FusedS4D.scan_plain`'s steps, with the fast `CrossbarStack.step`. `capture` captures a run of steps once and `replay` replays it over the
+    sequence, the steps past the flush reading zeros and their outputs dropped (they change no other).
+    """
+
+    def __init__(self, kernel: FusedS4D, stack: CrossbarStack, u: torch.Tensor):
+        B, L, H = u.shape
+        N = kernel.d_state
+        self.kernel, self.stack, self.length = kernel, stack, L
+        # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
+        self.u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+        self.inp = u.new_zeros(H, B, kernel.copies * (N + 2))
+        self.groups = self.inp.view(H, B, kernel.copies, N + 2)  # every copy's row group reads [u_t, x_{t-1}, u_{t-1}]
+        self.register = u.new_zeros(H, B, N)  # x_{t-1}, mapped, where the incremental mapping adds to it
+        self.ys = u.new_empty(L + 2, H, B)  # row t + 1: what step t read from the y column (y_{t-1})
+
+    def step(self) -> None:
+        N = self.kernel.d_state
+        t = self.stack.steps
+        u_t = self.u_steps[t] if isinstance(t, int) else self.u_steps.index_select(0, t.view(1))[0]  # (H, B)
+        self.groups[..., 0] = u_t[..., None]
+        out = self.stack.step(self.inp)  # (H, B, N+1): [x_t (or its increment), y_{t-1}]; advances the counter
+        state = self.kernel.next_state(self.register, out[:, :, :N])
+        if state is not self.register and self.kernel.incremental:
+            self.register.copy_(state)  # a quantized state: the register keeps its address
+        self.groups[..., 1 : N + 1] = state[:, :, None]
+        self.groups[..., N + 1] = u_t[..., None]
+        t = self.stack.steps
+        if isinstance(t, int):
+            self.ys[t] = out[:, :, N]
+        else:
+            self.ys.index_copy_(0, t.view(1), out[None, :, :, N])
+
+    def outputs(self) -> torch.Tensor:
+        # (B, L, H): y_t left the crossbar at step t + 1. Contiguous: elementwise ops downstream (GELU) round
+        # the last bit differently on strided views, so a view would tie a sequence's outputs to its batch's size
+        return self.ys[2 : self.length + 2].permute(2, 0, 1).contiguous()
+
+    def run(self) -> torch.Tensor:
+        for _ in range(self.length + 1):
+            self.step()
+        return self.outputs()
+
+    def capture(self, steps: int, compile_step: bool = False) -> None:
+        """Capture `steps` steps once in a CUDA graph, for ceil((L+1)/steps) replays (`replay`); with
+        compile_step the step compiled (torch.compile) first. The step runs once beforehand, eagerly
+        and then compiled, on a side stream, to allocate its buffers and draw tables, initialize cuBLAS
+        and compile, and the scan's buffers are reset afterwards: that step is not one of the scan's."""
+        L = self.length
+        self.replays = -(-(L + 1) // steps)
+        padding = self.replays * steps - (L + 1)
+        self.u_steps = nn.functional.pad(self.u_steps, (0, 0, 0, 0, 0, padding))  # zeros past the flush
+        self.ys = self.ys.new_empty(self.replays * steps + 1, *self.ys.shape[1:])
+        self.stack.capture_steps(self.replays * steps)
+        warm_ups = [self.step]
+        if compile_step:
+            warm_ups.append(torch.compile(self.step, fullgraph=True, dynamic=False))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for step in warm_ups:
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        for buffer in (self.inp, self.register, self.stack.steps):
+            buffer.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for _ in range(steps):
+                warm_ups[-1]()
+
+    def replay(self) -> torch.Tensor:
+        """Run the scan as replays of the captured steps (`capture`): y (B, L, H)."""
+        for _ in range(self.replays):
+            self.graph.replay()
+        return self.outputs()

@@ -18,6 +18,11 @@ a crossbar whose inputs are all zero (aihwkit's shortcut, per vector), draws eve
 from its own stream, and accumulates each product in float64 before rounding it to float32: BLAS sums
 a row in an order that depends on the batch's size, and rounding a float64 sum to float32 hides that
 order. A sequence's outputs are then the same, bit for bit, alone or inside any batch (tests).
+
+Fast step and plain twin. `step` and `step_plain` compute the same reads, bit for bit; `step` keeps its
+float64 operands and noise buffers from step to step and draws the normals of a read in one pass
+(`SequenceDraws.normal_`), and once `capture_steps` holds its counter in a device tensor it decides
+nothing on the host, so that it can be captured once in a CUDA graph and replayed.
 """
 from __future__ import annotations
 
@@ -55,6 +60,15 @@ def bound_management_gives_up(io, reduction: float) -> bool:
     return reduction > io.max_bm_factor or (res > 0 and reduction > io.max_bm_res / res)
 
 
+def bound_management_attempts(io) -> int:
+    """The most reads iterative bound management makes of one vector: the first attempt (reduction 2^a,
+    a from 0) at which `bound_management_gives_up` settles every vector, plus one."""
+    reduction, attempts = 1.0, 1
+    while not bound_management_gives_up(io, reduction):
+        reduction, attempts = 2.0 * reduction, attempts + 1
+    return attempts
+
+
 def column_scales(tiles: list) -> torch.Tensor:
     """aihwkit's digital mapping scale α of every output column of every tile: (H, out)."""
     n_out = tiles[0].tile.weight.shape[0]
@@ -83,12 +97,27 @@ class ColumnGroup:
     out_noise_values: torch.Tensor | None  # (H, 1, columns): aihwkit's per-output noise strengths
     weight_t: torch.Tensor = field(init=False)  # aihwkit's bmm operand
     weight_t64: torch.Tensor | None = field(init=False, default=None)  # in float64, for per-sequence reads
+    buffers64: dict = field(init=False, default_factory=dict)  # float64 operands by input shape, reused every step
 
     def __post_init__(self):
         self.weight_t = self.weight.permute(0, 2, 1)
 
     def matmul(self, x: torch.Tensor, out: torch.Tensor, per_sequence: bool) -> torch.Tensor:
-        """x (H, B, in) @ weight_t into out (H, B, columns); per sequence accumulated in float64 (module docstring)."""
+        """x (H, B, in) @ weight_t into out (H, B, columns); per sequence accumulated in float64 (module docstring).
+
+        `matmul_plain`'s product, bit for bit (the same bmm on the same float64 operands), through
+        float64 buffers kept from step to step instead of fresh ones."""
+        if not per_sequence:
+            return torch.bmm(x, self.weight_t, out=out)
+        if self.weight_t64 is None:
+            self.weight_t64 = self.weight_t.double()
+        if x.shape not in self.buffers64:
+            self.buffers64[x.shape] = (x.new_empty(x.shape, dtype=torch.float64), out.new_empty(out.shape, dtype=torch.float64))
+        x64, out64 = self.buffers64[x.shape]
+        return out.copy_(torch.bmm(x64.copy_(x), self.weight_t64, out=out64))
+
+    def matmul_plain(self, x: torch.Tensor, out: torch.Tensor, per_sequence: bool) -> torch.Tensor:
+        """Plain twin of `matmul`."""
         if not per_sequence:
             return torch.bmm(x, self.weight_t, out=out)
         if self.weight_t64 is None:
@@ -142,7 +171,7 @@ class CrossbarStack:
 
     def __init__(self, tiles: list, last_column_io=None, draws=None):
         self.draws = TorchDraws() if draws is None else draws
-        self.steps = 0
+        self.steps = 0  # an int, or a 0-dim device tensor while captured (`capture_steps`)
         self.io = tiles[0].rpu_config.forward
         self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
         self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
@@ -171,6 +200,7 @@ class CrossbarStack:
             for columns, io in column_groups(self.io, last_column_io, n_out)
         ]
         self.buffers: dict[str, torch.Tensor] = {}
+        self.all_within = torch.ones((), dtype=torch.bool, device=self.weight.device)  # reads with no ADC bound to check
 
     def buffer(self, name: str, shape: tuple) -> torch.Tensor:
         if name not in self.buffers or self.buffers[name].shape != shape:
@@ -187,18 +217,48 @@ class CrossbarStack:
             x.add_(self.draws.uniform_(self.buffer(f"rounding{tuple(x.shape)}", x.shape), self.steps, *draw))
         return x.round_().mul_(res)
 
+    @property
+    def captured(self) -> bool:
+        """Whether the step is held in a device tensor, for a step captured once and replayed (CUDA graphs)."""
+        return isinstance(self.steps, torch.Tensor)
+
+    def capture_steps(self, steps: int) -> None:
+        """Count steps in a device tensor that every step advances in place, and prepare the per-sequence
+        draws of steps 0 to steps - 1 (`SequenceDraws.prepare`): nothing in `step` then depends on the
+        host, so it can be captured once and replayed. Per-sequence reads only: the batched ones decide
+        bound management for the batch on the host and draw from torch's stream."""
+        if not self.draws.per_sequence:
+            raise ValueError("a captured step needs per-sequence reads (reads='per-sequence'); batched reads run eagerly")
+        self.draws.prepare(steps)
+        self.steps = torch.zeros((), dtype=torch.int64, device=self.weight.device)
+
+    def advance(self) -> None:
+        if self.captured:
+            self.steps.add_(1)
+        else:
+            self.steps += 1
+
     def step(self, inp: torch.Tensor) -> torch.Tensor:
         """Digital inputs (H, B, in), overwritten -> digital outputs (H, B, out) in a buffer reused next step.
 
         The input range, then `AnalogMVM.matmul` of every column group (`mvm_`), one after the other into
-        buffers of their own, then the periphery's digital scales on all columns.
+        buffers of their own, then the periphery's digital scales on all columns. `step_plain`'s outputs,
+        bit for bit, with fewer and cheaper operations: float64 operands and noise drawn into buffers
+        kept from step to step, every normal of a read in one pass (`SequenceDraws.normal_`). Captured
+        (`capture_steps`), iterative bound management makes its fixed number of masked attempts and the
+        all-zero shortcut is left to the mask of silent vectors: the same outputs without a host decision.
         """
-        try:
-            return self.step_once(inp)
-        finally:
-            self.steps += 1
+        out = self.step_once(inp, fast=True)
+        self.advance()
+        return out
 
-    def step_once(self, inp: torch.Tensor) -> torch.Tensor:
+    def step_plain(self, inp: torch.Tensor) -> torch.Tensor:
+        """Plain twin of `step`: fresh operands every step, the plain draws (`normal_plain_`), host decisions."""
+        out = self.step_once(inp, fast=False)
+        self.advance()
+        return out
+
+    def step_once(self, inp: torch.Tensor, fast: bool) -> torch.Tensor:
         H, B, _ = inp.shape
         x = inp
         out = self.buffer("output", (H, B, self.weight.shape[1]))
@@ -207,24 +267,25 @@ class CrossbarStack:
             # vectorized loop for two broadcast operands (10x slower on the (H, B, N+2) input)
             x.clamp_min_(self.neg_input_range).clamp_max_(self.input_range).div_(self.input_range)
         if self.io.is_perfect:
-            self.groups[0].matmul(x, out, self.draws.per_sequence)
+            matmul = self.groups[0].matmul if fast else self.groups[0].matmul_plain
+            matmul(x, out, self.draws.per_sequence)
             return self.periphery_out_(out)
         if len(self.groups) == 1:
-            self.mvm_(x, self.groups[0], out, 0)
+            self.mvm_(x, self.groups[0], out, 0, fast)
             return self.periphery_out_(out)
         for i, group in enumerate(self.groups):
             last = i == len(self.groups) - 1
             group_input = x if last else self.buffer("group_input", x.shape).copy_(x)  # a read consumes its input
             group_output = self.buffer(f"group_output{i}", (H, B, group.weight.shape[1]))
-            out[:, :, group.columns] = self.mvm_(group_input, group, group_output, i)
+            out[:, :, group.columns] = self.mvm_(group_input, group, group_output, i, fast)
         return self.periphery_out_(out)
 
-    def mvm_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, index: int) -> torch.Tensor:
+    def mvm_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, index: int, fast: bool = False) -> torch.Tensor:
         """`AnalogMVM.matmul` of column group `index` in aihwkit's order of operations, into out (H, B, columns),
         which it returns; x (H, B, in) is consumed. Noise management scales each input vector (constant or
         by its largest entry), iterative bound management repeats the whole read at half the input scale
         while any output of the group, in any crossbar, clips, up to aihwkit's limits; per sequence, see
-        `mvm_per_sequence_`.
+        `mvm_per_sequence_`. fast: `step`'s reads, else `step_plain`'s.
         """
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
@@ -232,53 +293,55 @@ class CrossbarStack:
         nm = self.noise_management_values(x, io)  # 1.0, a constant or (H, B, 1)
         silent = None  # per sequence: the vectors whose inputs are all zero read 0, drawing nothing
         if isinstance(nm, torch.Tensor):
-            if io.inp_noise <= 0 and not nm.any():
-                return out.zero_()  # aihwkit's shortcut: all inputs zero, no draws
+            if io.inp_noise <= 0 and not self.captured and not nm.any():
+                return out.zero_()  # aihwkit's shortcut: all inputs zero, no draws (captured: the silent mask)
             if io.inp_noise <= 0 and self.draws.per_sequence:
                 silent = nm == 0
             nm.masked_fill_(nm <= 0, 1.0)
         if self.draws.per_sequence:
-            out = self.mvm_per_sequence_(x, group, out, index, nm)
+            out = self.mvm_per_sequence_(x, group, out, index, nm, fast)
             return out if silent is None else out.masked_fill_(silent, 0.0)
         if io.bound_management == BoundManagementType.NONE:
             scale = 1.0 / nm
-            self.read_(x, group, out, scale, (0, index))
+            self.read_(x, group, out, scale, (0, index), fast)
         else:
             work = self.buffer("bound_managed_input", x.shape)
             reduction, passed, attempt = 0.5, False, 0
             while not passed:
                 reduction *= 2.0
                 scale = 1.0 / nm / reduction
-                passed = self.read_(work.copy_(x), group, out, scale, (attempt, index)).all().item()
+                passed = self.read_(work.copy_(x), group, out, scale, (attempt, index), fast).all().item()
                 passed = passed or bound_management_gives_up(io, reduction)
                 attempt += 1
         if isinstance(scale, torch.Tensor) or scale != 1.0 or io.out_scale != 1.0:
             out.mul_(io.out_scale / scale)
         return out
 
-    def mvm_per_sequence_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, index: int, nm) -> torch.Tensor:
+    def mvm_per_sequence_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, index: int, nm, fast: bool = False) -> torch.Tensor:
         """`mvm_` with every crossbar's periphery deciding for its own vector: iterative bound management
         repeats a read at half the input scale for the vectors that clipped only, each attempt drawing that
         vector's own noise (`SequenceDraws`). Every attempt reads the whole stack; a vector keeps the read of
-        the attempt that passed it."""
+        the attempt that passed it. Captured, it makes all `bound_management_attempts`: an attempt after
+        every vector passed changes no output, so the outputs are those of the loop that stops there."""
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
         io = group.io
         if io.bound_management == BoundManagementType.NONE:
             scale = 1.0 / nm
-            self.read_(x, group, out, scale, (0, index))
+            self.read_(x, group, out, scale, (0, index), fast)
             return out.mul_(io.out_scale / scale) if isinstance(scale, torch.Tensor) or scale != 1.0 or io.out_scale != 1.0 else out
         work = self.buffer("bound_managed_input", x.shape)
         trial = self.buffer("bound_managed_output", out.shape)
         pending = torch.ones(*out.shape[:2], 1, dtype=torch.bool, device=out.device)
         reduction, attempt = 1.0, 0
+        attempts = bound_management_attempts(io) if self.captured else None
         while True:
             scale = 1.0 / nm / reduction
-            within = self.read_(work.copy_(x), group, trial, scale, (attempt, index))
+            within = self.read_(work.copy_(x), group, trial, scale, (attempt, index), fast)
             done = pending & within if not bound_management_gives_up(io, reduction) else pending
             out.copy_(torch.where(done, trial * (io.out_scale / scale), out))
             pending &= ~done
-            if not pending.any():
+            if attempt + 1 == attempts or (attempts is None and not pending.any()):
                 return out
             reduction *= 2.0
             attempt += 1
@@ -296,11 +359,13 @@ class CrossbarStack:
         torch.amax(x.abs() if kind == NoiseManagementType.ABS_MAX else x, dim=-1, keepdim=True, out=values)
         return values.clamp_max_(io.nm_thres) if io.nm_thres > 0 else values
 
-    def read_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, scale, draw: tuple) -> torch.Tensor:
+    def read_(self, x: torch.Tensor, group: ColumnGroup, out: torch.Tensor, scale, draw: tuple, fast: bool = False) -> torch.Tensor:
         """One analog read of x (scaled, consumed) by a column group into out: DAC, input noise, matmul,
         output noise, ADC. draw: (attempt, group index) of its random draws. Returns whether no output
-        clipped at the ADC bound: per vector (H, B, 1) when reads are per sequence, else one for all."""
+        clipped at the ADC bound: per vector (H, B, 1) when reads are per sequence, else one for all.
+        fast: `step`'s read (`ColumnGroup.matmul`, `SequenceDraws.normal_`), else `step_plain`'s."""
         io = group.io
+        normal_ = self.draws.normal_ if fast else self.draws.normal_plain_
         attempt, index = draw
         if isinstance(scale, torch.Tensor) or scale != 1.0:
             x.mul_(scale)
@@ -309,17 +374,17 @@ class CrossbarStack:
         if io.inp_bound > 0:
             x.clamp_(-io.inp_bound, io.inp_bound)
         if io.inp_noise > 0:
-            x.add_(self.draws.normal_(self.buffer("input_noise", x.shape), self.steps, attempt, "input_noise", index).mul_(io.inp_noise))
-        group.matmul(x, out, self.draws.per_sequence)
+            x.add_(normal_(self.buffer("input_noise", x.shape), self.steps, attempt, "input_noise", index).mul_(io.inp_noise))
+        (group.matmul if fast else group.matmul_plain)(x, out, self.draws.per_sequence)
         if group.out_noise_values is not None or io.out_noise > 0:
-            noise = self.draws.normal_(self.buffer(f"output_noise{tuple(out.shape)}", out.shape), self.steps, attempt, "output_noise", index)
+            noise = normal_(self.buffer(f"output_noise{tuple(out.shape)}", out.shape), self.steps, attempt, "output_noise", index)
             out.add_(noise.mul_(io.out_noise if group.out_noise_values is None else group.out_noise_values))
         if io.out_res > 0:  # ADC
             self.quantize_(out, io.out_res, io.out_bound, io.out_sto_round, (attempt, "adc_rounding", index))
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
         if io.out_bound <= 0 or io.bound_management == BoundManagementType.NONE:
-            within = torch.ones((), dtype=torch.bool, device=out.device)
+            within = self.all_within
         elif self.draws.per_sequence:
             within = out.abs().amax(dim=-1, keepdim=True) <= io.out_bound
         else:  # max and min are two vectorized reductions; |out| <= bound as a boolean tensor costs more than both

@@ -116,7 +116,7 @@ class S4DBlock(nn.Module):
             self.mixing, self.mixing_activation = nn.Linear(H, 2 * H), nn.GLU(dim=-1)
         else:
             self.mixing, self.mixing_activation = nn.Linear(H, H), nn.ReLU()
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()  # p = 0 would still launch a kernel
         self.norm = ChannelNorm(cfg.norm, H) if cfg.norm != "none" else nn.Identity()
 
     def forward(self, x: torch.Tensor, mode: str = "conv") -> torch.Tensor:  # (B, L, H)
