@@ -178,6 +178,7 @@ def check_benchmark(path: Path, args: list[str], monkeypatch, capsys) -> None:
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     monkeypatch.setattr(sys, "argv", [str(path), *args])
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python benchmarks/x.py` puts the script's folder first
     try:
         with pytest.raises(Parsed):
             runpy.run_path(str(path), run_name="__main__")
