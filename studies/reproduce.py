@@ -49,15 +49,14 @@ kernel K and the input u quantized: F4, F7); under noise and pruning (F5, F6) wi
 quantization, as studies/noise_resilience.py and studies/pruning.py measure them.
 
     python studies/reproduce.py --quick --dataset digits     # CI's tiny settings, every finding: about 15 s on one core
-    python studies/reproduce.py --compute cuda               # the report, 3 seeds: about 14 minutes on one H200
-    python studies/reproduce.py --compute cuda --findings F1 F2 F3      # the same in two calls (about 6.5 and 7
-    python studies/reproduce.py --compute cuda --findings F4 F5 F6 F7   # minutes) sharing results.csv and the model cache
+    python studies/reproduce.py                              # the report, 3 seeds (as parts, two at a time: 50 min on 2 cores)
+    python studies/reproduce.py --findings F1 F2 --threads 1 # a part; parts may run at once, sharing
+                                                             # results.csv and the model cache
+    python studies/reproduce.py --compute cuda               # on a GPU
 
-Measured on an H200 (1 seed, smnist, the defaults), per seed: F1 50 s (11 recurrent evaluations of the z25
-recipe, 5 s each, dominate), F2 76 s (22 QAT candidates of 2 epochs, each with a recurrent validation),
-F4 41 s, F5 31 s (with the s25 float model, which F4 shares), F6 13 s, F7 59 s. A training epoch of these
-tiny models takes 0.3-0.7 s there against 20-70 s on 2 shared CPU cores, and a recurrent evaluation
-1.3-5 s against 14-22 s: the whole report is most of a day on a CPU.
+Measured on this project's 2-core CPU, 3 seeds, two parts at a time with one thread each: F3 and F6
+19 min, F4 and F5 20 min, F1 and F2 19 min, F7 30 min. A training epoch of these small models takes
+about 4 s there.
 
 --findings measures only those findings; the report shows every finding whose rows the table holds
 for these settings, so the second call of a split run writes the whole report.
