@@ -82,17 +82,23 @@ def test_a_rounding_calibrating_its_ranges_leaves_the_values_and_observes_them()
     torch.testing.assert_close(quantizer.parts.hi, values.amax(dim=(1, 3)), rtol=0, atol=0)  # (planes, channels)
 
 
+def float64_layer(spec, d_model: int, d_state: int, seed: int, calibration_length: int):
+    """The S4D layer of a float64 model quantized with `spec` (calibrated in recurrent mode when its ranges
+    are static), and the generator that drew the calibration, for the test's own inputs."""
+    torch.manual_seed(0)
+    model = quantize_(S4DModel(ModelConfig(d_model=d_model, d_state=d_state)).double(), spec).eval()
+    g = torch.Generator().manual_seed(seed)
+    if spec.static():
+        calibrate(model, [torch.randn(4, calibration_length, 1, generator=g, dtype=torch.float64)], "recurrent")
+    return model.blocks[0].ssm, g
+
+
 @pytest.mark.parametrize("ranges, partial_products", [("static", False), ("dynamic", False), ("static", True)])
 def test_the_benchmarks_settings_round_as_the_reference(ranges, partial_products):
     """The benchmark's spec (8-bit weights, a 16-bit state) on a small layer: in float64 the twins' outputs
     differ only by the order of y's sum over modes (1e-16), a different rounding of the state by a 16-bit step."""
-    torch.manual_seed(0)
     spec = PrecisionSpec.channel_asym(8, 16, ranges=ranges).replace(partial_products=partial_products)
-    model = quantize_(S4DModel(ModelConfig(d_model=4, d_state=16)).double(), spec).eval()
-    g = torch.Generator().manual_seed(3)
-    if spec.static():
-        calibrate(model, [torch.randn(4, 40, 1, generator=g, dtype=torch.float64)], "recurrent")
-    ssm = model.blocks[0].ssm
+    ssm, g = float64_layer(spec, d_model=4, d_state=16, seed=3, calibration_length=40)
     u = torch.randn(6, 40, 4, generator=g, dtype=torch.float64)
     with torch.no_grad():
         params = ssm.ssm_parameters()
@@ -103,13 +109,7 @@ def test_the_benchmarks_settings_round_as_the_reference(ranges, partial_products
 
 @pytest.mark.parametrize("ranges", ["static", "dynamic"])
 def test_an_initial_state_is_taken_as_the_reference_takes_it(ranges):
-    torch.manual_seed(0)
-    spec = PrecisionSpec.channel_asym(8, 12, ranges=ranges)
-    model = quantize_(S4DModel(ModelConfig(d_model=3, d_state=8)).double(), spec).eval()
-    g = torch.Generator().manual_seed(5)
-    if spec.static():
-        calibrate(model, [torch.randn(4, 32, 1, generator=g, dtype=torch.float64)], "recurrent")
-    ssm = model.blocks[0].ssm
+    ssm, g = float64_layer(PrecisionSpec.channel_asym(8, 12, ranges=ranges), d_model=3, d_state=8, seed=5, calibration_length=32)
     u = torch.randn(5, 20, 3, generator=g, dtype=torch.float64)
     x0 = torch.randn(5, 3, 4, generator=g, dtype=torch.complex128) * 0.3
     with torch.no_grad():
