@@ -369,11 +369,11 @@ def best_on_device(frame) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    prepare(args)
     try:
         devices = DeviceSettings.from_args(args, swept=("adc_bits", "dac_bits"), noise_scales=[noise_scale(n) for n in args.noise])
     except DeviceError as err:
         usage_error(err)
+    prepare(args)  # after the device checks: a usage error leaves no output folder behind
     zoo = ModelZoo(study_setup(args), args.models_dir)
     models = study_models(zoo, args.bits, args.recipe, methods=[t for t in args.training if t != "hwa"])
     if "hwa" in args.training:

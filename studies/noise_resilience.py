@@ -469,12 +469,12 @@ def summary(frame) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    prepare(args)
     scales = (args.noise_scales if "device" in args.experiments else []) + (args.drift_noise_scales if "drift" in args.experiments else [])
     try:
         devices = DeviceSettings.from_args(args, noise_scales=scales)
     except DeviceError as err:
         usage_error(err)
+    prepare(args)  # after the device checks: a usage error leaves no output folder behind
     setup = study_setup(args)
     zoo = ModelZoo(setup, args.models_dir)
     analog_zoo = ModelZoo(replace(setup, test_samples=min(args.analog_samples, setup.test_samples or args.analog_samples)), args.models_dir)

@@ -258,11 +258,11 @@ def summary(frame) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    prepare(args)
     try:
         devices = DeviceSettings.from_args(args, noise_scales=[args.noise_scale])
     except DeviceError as err:
         usage_error(err)
+    prepare(args)  # after the device checks: a usage error leaves no output folder behind
     zoo = ModelZoo(study_setup(args), args.models_dir)
     models = study_models(zoo, args.bits, "channel-asym-state16", methods=("float", "qat"))
     pruning_key = study_key(zoo, tolerance=args.tolerance, max_candidates=args.max_candidates)

@@ -139,7 +139,8 @@ class DeviceSettings:
         settings.energy_model()  # a bad energy setting fails now, with the device's message
         for scale in dict.fromkeys([1.0, *noise_scales]):
             settings.configs(noise_scale=scale)
-        settings.check_kernel_fits(args.d_state)
+        if getattr(args, "d_state", None):  # a study's model flags; a bare device namespace has none
+            settings.check_kernel_fits(args.d_state)
         return settings
 
     def check_kernel_fits(self, d_state: int) -> None:
