@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_s4d import alternating_medians, training_step  # the step and its timing, as the model benchmark has them
+from common import add_device_flags, alternating_medians, machine, torch_device, training_step
 
 from aimc_ssm import ModelConfig, S4DModel
 from aimc_ssm.analog.deploy import measure_signals
@@ -38,26 +38,21 @@ CLASSES = 10
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default: %(default)s)")
+    add_device_flags(parser)
     parser.add_argument("--analog-device", default="pcm", help="device file of the crossbars (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="batch 16, L 256, 3 repeats after 1 warm-up")
     parser.add_argument("--batch", type=int, default=None, help="sequences per step (default: 64, quick 16)")
     parser.add_argument("--length", type=int, default=None, help="steps per sequence (default: 784, quick 256)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per form (default: 5, quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per form first (default: 2, quick 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default: %(default)s)")
     args = parser.parse_args()
     batch = args.batch or (16 if args.quick else 64)
     length = args.length or (256 if args.quick else 784)
     repeats = args.repeats or (3 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if min(batch, length, repeats) < 1 or warmup < 0 or args.threads < 0:
-        parser.error(f"--batch, --length and --repeats must be >= 1, --warmup and --threads >= 0; got {batch}, {length}, {repeats}, {warmup}, {args.threads}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no GPU here; run on a machine with one, or use --device cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    if min(batch, length, repeats) < 1 or warmup < 0:
+        parser.error(f"--batch, --length and --repeats must be >= 1 and --warmup >= 0; got {batch}, {length}, {repeats}, {warmup}")
+    device = torch_device(parser, args)
 
     torch.manual_seed(0)
     x = torch.randn(batch, length, 1, device=device)
@@ -78,8 +73,7 @@ def main() -> None:
     }
     times = alternating_medians(steps, device, warmup, repeats)
 
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{where}; batch {batch}, L {length}, H 16, N 64, {args.analog_device}; median of {repeats} steps after {warmup} warm-up")
+    print(f"{machine(device)}; batch {batch}, L {length}, H 16, N 64, {args.analog_device}; median of {repeats} steps after {warmup} warm-up")
     for name, seconds in times.items():
         print(f"{name:10s} {1e3 * seconds:10.1f} ms")
     print(f"hwa / recurrent {times['hwa'] / times['recurrent']:.2f}   (recurrent / conv {times['recurrent'] / times['conv']:.1f})")

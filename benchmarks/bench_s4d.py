@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
+from common import add_device_flags, alternating_medians, machine, torch_device, training_step
 from torch import nn
 
 from aimc_ssm import ModelConfig, S4DModel
@@ -125,40 +124,6 @@ class BaselineModel(nn.Module):
         ]
 
 
-# -- timing -----------------------------------------------------------------------------------
-def training_step(model: nn.Module, groups: list[dict], forward, x: torch.Tensor, y: torch.Tensor):
-    opt = torch.optim.AdamW(groups)
-
-    def step():
-        loss = nn.functional.cross_entropy(forward(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def alternating_medians(steps: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each step; the steps take turns, so background load hits all alike."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def measure(case: Case, batch: int, norm: str, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     x = torch.randn(batch, LENGTH, 1, device=device)
@@ -175,27 +140,19 @@ def measure(case: Case, batch: int, norm: str, device: torch.device, warmup: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default: %(default)s)")
+    add_device_flags(parser)
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats; small batches weigh the kernel, whose cost is per step, more")
     parser.add_argument("--norm", default="none", choices=["none", "layer"], help="post-norm of both models (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per model (default: 5, quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per model first (default: 2, quick 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default: %(default)s)")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if repeats < 1 or warmup < 0:
         parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no GPU here; run on a machine with one, or use --device cpu")
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch_device(parser, args)
 
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{where}; L {LENGTH}, N {D_STATE}, norm {args.norm}; median of {repeats} steps after {warmup} warm-up")
+    print(f"{machine(device)}; L {LENGTH}, N {D_STATE}, norm {args.norm}; median of {repeats} steps after {warmup} warm-up")
     print(f"{'case':18s} {'batch':>6s} {'project ms':>11s} {'baseline ms':>12s} {'project/baseline':>17s}")
     for case in CASES:
         batch = case.quick_batch if args.quick else case.batch

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from common import add_device_flags, machine, synchronize, torch_device
 
 from aimc_ssm import ModelConfig, S4DModel
 from aimc_ssm.analog.deploy import to_analog
@@ -64,12 +65,10 @@ def median_seconds(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -106,21 +105,13 @@ def report(axis: str, sizes, times: list[dict[str, float]], fixed: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default: %(default)s)")
+    add_device_flags(parser)
     parser.add_argument("--quick", action="store_true", help="N 32, H 16 for the L sweep, L 256 for the H sweep")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default: %(default)s)")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no GPU here; run on a machine with one, or use --device cpu")
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch_device(parser, args)
     sweep = QUICK if args.quick else FULL
 
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{where}; batch {sweep.batch}, N {sweep.d_state}; median of {sweep.repeats} after a warm-up")
+    print(f"{machine(device)}; batch {sweep.batch}, N {sweep.d_state}; median of {sweep.repeats} after a warm-up")
     ssm, fused = layers(sweep.width_for_lengths, sweep.d_state, device)  # built once: its cost grows with H only
     by_length = [time_modes(ssm, fused, L, sweep, device) for L in LENGTHS]
     report("L", LENGTHS, by_length, f"H {sweep.width_for_lengths}")

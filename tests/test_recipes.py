@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_quantize import set_discrete_A  # a layer given its Ā
 
 from aimc_ssm.analog.deploy import to_analog
 from aimc_ssm.analog.devices import load_device
@@ -86,15 +87,6 @@ def test_z25_has_the_public_codes_settings():
     assert spec.dt.is_float and spec.act_point == "mixing_input" and not spec.conv_state_proxy
     assert recipe_model_config("z25", replace(TINY, activation="none", trainable_B=False)) == TINY
     assert recipe_qat_plan("z25") == QATPlan(from_scratch=False, epochs=10, lr=1e-3, mode="recurrent")
-
-
-def set_discrete_A(model: S4DModel, dA: torch.Tensor) -> None:
-    """Make the layer's Ā equal dA (H, n) by choosing dt = 1 and A = log Ā."""
-    ssm = model.blocks[0].ssm
-    with torch.no_grad():
-        ssm.log_dt.zero_()
-        ssm.log_A_real.copy_(torch.log(-torch.log(dA.abs())))
-        ssm.A_imag.copy_(dA.angle())
 
 
 def test_z25s_joint_range_can_push_A_past_the_unit_circle():
