@@ -15,7 +15,11 @@ exp(dt·A·l) contracted with einsum, the FFT convolution along the last axis un
 has the same parameters as the project's model (B trainable, 3,850 of them at H 16) and the same
 optimizer groups, so both models do the same arithmetic in their own layouts.
 
-The two models alternate step by step, so load from other processes hits both alike; each time is the
+On a GPU a third column times the project's step as aimc_ssm.core.train.fit runs it: forward and
+backward replayed from CUDA graphs (`TrainingForward`), the same kernels without their launches one by
+one; the project column is the eager step, graphs off. On a CPU fit's step is the eager one.
+
+The steps take turns, so load from other processes hits each alike; each time is the
 median over the repeats after the warm-up steps. The ratio is project / baseline time: below 1 the
 project's step is faster. On a CPU both run on one thread unless --threads says otherwise (0: torch's
 choice): on a machine whose cores other processes share, every parallel region can wait a scheduler
@@ -33,7 +37,7 @@ from torch import nn
 
 from aimc_ssm import ModelConfig, S4DModel
 from aimc_ssm.core.model import parameter_groups
-from aimc_ssm.core.train import TrainConfig
+from aimc_ssm.core.train import TrainConfig, TrainingForward
 
 LENGTH, CLASSES, D_STATE = 784, 10, 64
 
@@ -131,10 +135,15 @@ def measure(case: Case, batch: int, norm: str, device: torch.device, warmup: int
     train = TrainConfig()
     project = S4DModel(ModelConfig(d_model=case.d_model, d_state=D_STATE, n_layers=case.n_layers, norm=norm)).to(device)
     baseline = BaselineModel(case.d_model, case.n_layers, norm).to(device)
+    groups = parameter_groups(project, train.lr, train.weight_decay, train.ssm_lr)
     steps = {
-        "project": training_step(project, parameter_groups(project, train.lr, train.weight_decay, train.ssm_lr), lambda x: project(x, "conv"), x, y),
+        "project": training_step(project, groups, lambda x: project(x, "conv"), x, y),
         "baseline": training_step(baseline, baseline.parameter_groups(train), baseline, x, y),
     }
+    if device.type == "cuda":  # the step as fit runs it, from CUDA graphs; its own copy of the model and optimizer
+        graphed = S4DModel(ModelConfig(d_model=case.d_model, d_state=D_STATE, n_layers=case.n_layers, norm=norm)).to(device)
+        groups = parameter_groups(graphed, train.lr, train.weight_decay, train.ssm_lr)
+        steps["graphed"] = training_step(graphed, groups, TrainingForward(graphed.train(), "conv"), x, y)
     return alternating_medians(steps, device, warmup, repeats)
 
 
@@ -153,11 +162,16 @@ def main() -> None:
     device = torch_device(parser, args)
 
     print(f"{machine(device)}; L {LENGTH}, N {D_STATE}, norm {args.norm}; median of {repeats} steps after {warmup} warm-up")
-    print(f"{'case':18s} {'batch':>6s} {'project ms':>11s} {'baseline ms':>12s} {'project/baseline':>17s}")
+    graphs = device.type == "cuda"
+    header = f"{'case':18s} {'batch':>6s} {'project ms':>11s} {'baseline ms':>12s} {'project/baseline':>17s}"
+    print(header + (f" {'fit ms':>8s} {'fit/baseline':>13s}" if graphs else ""))
     for case in CASES:
         batch = case.quick_batch if args.quick else case.batch
         t = measure(case, batch, args.norm, device, warmup, repeats)
-        print(f"{case.name:18s} {batch:6d} {1e3 * t['project']:11.1f} {1e3 * t['baseline']:12.1f} {t['project'] / t['baseline']:17.2f}")
+        row = f"{case.name:18s} {batch:6d} {1e3 * t['project']:11.1f} {1e3 * t['baseline']:12.1f} {t['project'] / t['baseline']:17.2f}"
+        if graphs:
+            row += f" {1e3 * t['graphed']:8.1f} {t['graphed'] / t['baseline']:13.2f}"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Training: determinism, atomic checkpoints loadable with weights_only, resume after a kill, cache, CLI."""
+import copy
 import json
 from dataclasses import replace
 
@@ -9,7 +10,8 @@ from aimc_ssm import ModelConfig, cache
 from aimc_ssm.__main__ import main as cli
 from aimc_ssm.cache import float_model
 from aimc_ssm.core import train as train_mod
-from aimc_ssm.core.train import TrainConfig, load_model
+from aimc_ssm.core.model import S4DModel, parameter_groups
+from aimc_ssm.core.train import TrainConfig, TrainingForward, graphable, load_model
 
 TINY = ModelConfig(d_model=8, d_state=8)
 FAST = TrainConfig(dataset="digits", epochs=2, batch_size=32, lr=3e-2, ssm_lr=1e-2, compute="cpu")
@@ -102,3 +104,45 @@ def test_infinite_gradients_stop_before_the_weights_turn_nan(tmp_path):
     with pytest.raises(DivergenceError, match="largest gradient became .* lower --lr"):
         fit(model, load_dataset("digits"), FAST, tmp_path, progress=False)
     assert torch.equal(model.decoder.weight, before)  # no step was taken
+
+
+def test_graphed_training_steps_equal_the_eager_twin(compute):
+    """fit's TrainingForward against its eager twin: a few AdamW steps from one init give the same losses and
+    weights, a full and a ragged last batch. On a GPU the graphed path is taken; on a CPU it is the twin."""
+    device = compute
+    torch.manual_seed(0)
+    batches = [(torch.randn(b, 40, 1, device=device), torch.randint(0, 10, (b,), device=device)) for b in (16, 16, 16, 5)]
+    init = S4DModel(ModelConfig(d_model=8, d_state=8, n_layers=2, norm="layer")).to(device)
+    runs = {}
+    for graphs in (False, True):
+        model = copy.deepcopy(init).train()
+        forward = TrainingForward(model, "conv", graphs=graphs)
+        assert forward.graphs == (graphs and device.type == "cuda")
+        opt = torch.optim.AdamW(parameter_groups(model, 1e-2, 0.01))
+        losses = []
+        for x, y in batches:
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert len(forward.captured) == (2 if forward.graphs else 0)  # one graph per batch shape
+        runs[graphs] = losses, [p.detach().clone() for p in model.parameters()]
+    (eager_losses, eager_weights), (losses, weights) = runs[False], runs[True]
+    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    for w, e in zip(weights, eager_weights):
+        torch.testing.assert_close(w, e, rtol=1e-4, atol=1e-5)
+
+
+def test_only_plain_models_in_conv_mode_on_a_gpu_are_graphed():
+    from aimc_ssm.analog.hwa import WeightNoise  # a transform: noise drawn every forward
+
+    model = S4DModel(TINY)
+    assert graphable(model, "conv", torch.device("cuda"))
+    assert not graphable(model, "conv", torch.device("cpu"))
+    assert not graphable(model, "recurrent", torch.device("cuda"))  # a Python loop over time
+    model.blocks[0].ssm.set_transform("noise", WeightNoise(0.01, "A"))
+    assert not graphable(model, "conv", torch.device("cuda"))
+    quantized = S4DModel(TINY)
+    quantized.blocks[0].act_quant = torch.nn.Hardtanh()  # any module outside the plain set
+    assert not graphable(quantized, "conv", torch.device("cuda"))

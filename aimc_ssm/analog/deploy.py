@@ -41,6 +41,13 @@ def digital_linear(module: nn.Module) -> nn.Linear:
     return linear.to(module.weight.device)
 
 
+def default_generator(device: torch.device) -> torch.Generator:
+    """torch's default random generator of `device`, which draws made there without a generator use."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
 def sequence_analog_linear():
     """aihwkit's AnalogLinear reading every sequence of a batch on its own, from its own stream: in eval
     mode each sequence (B, ...) runs through the tile alone, torch's generator seeded by the sequence's key
@@ -57,11 +64,18 @@ def sequence_analog_linear():
             if self.training or io.is_perfect or x_input.dim() < 2:
                 return super().forward(x_input)
             keys = sequence_keys(x_input, torch.initial_seed()).tolist()
+            # the tile draws on its input's device, so that device's generator alone is seeded, and its
+            # state is restored once after the batch. torch.manual_seed would seed every backend's
+            # generator, and queue a call with its stack trace for each one not yet initialized, per sequence
+            generator = default_generator(x_input.device)
+            state = generator.get_state()
             outputs = []
-            for b, key in enumerate(keys):
-                with torch.random.fork_rng(devices=[x_input.device] if x_input.is_cuda else []):
-                    torch.manual_seed(key)
+            try:
+                for b, key in enumerate(keys):
+                    generator.manual_seed(key)
                     outputs.append(super().forward(x_input[b : b + 1]))
+            finally:
+                generator.set_state(state)
             return torch.cat(outputs)
 
     return SequenceAnalogLinear

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..io import atomic_write, from_dict_strict, load_checkpoint, package_versions, save_checkpoint
 from ..validation import check_train_config
 from .data import SequenceData, load_dataset, make_loaders
-from .model import ModelConfig, S4DModel, parameter_groups
+from .model import ChannelNorm, HardGELU, ModelConfig, S4DBlock, S4DModel, parameter_groups
+from .s4d import S4D
 
 
 @dataclass
@@ -87,6 +88,70 @@ def cosine_lambda(total_steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+# modules whose training forward and backward are the same kernels every step, decided on the device alone:
+# what a CUDA graph can replay. Quantizers (ranges observed on the host), transform chains and analog tiles
+# are not among them.
+GRAPHABLE_MODULES = (
+    S4DModel, S4DBlock, S4D, ChannelNorm, HardGELU, nn.ModuleList, nn.Linear, nn.Identity, nn.GELU, nn.GLU,
+    nn.ReLU, nn.Dropout, nn.LayerNorm, nn.BatchNorm1d,
+)
+
+
+def graphable(model: nn.Module, mode: str, device: torch.device) -> bool:
+    """Whether `TrainingForward` replays the model's training step from CUDA graphs: on a GPU, in
+    convolution mode, for a model of plain modules (GRAPHABLE_MODULES) whose SSMs have no transforms."""
+    if device.type != "cuda" or mode != "conv":
+        return False
+    for module in model.modules():
+        if isinstance(module, S4D) and len(module.transforms):
+            return False
+        if type(module) not in GRAPHABLE_MODULES and not isinstance(module, nn.ModuleDict):
+            return False
+    return True
+
+
+class _ModeForward(nn.Module):
+    """model(x, mode) as a one-argument module, the form torch.cuda.make_graphed_callables captures."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        self.model, self.mode = model, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.mode)
+
+
+class TrainingForward:
+    """`model(x, mode)` in training, as `fit` runs it: forward and backward of a `graphable` model on a GPU
+    replay CUDA graphs, one per batch shape, captured at its first batch (torch.cuda.make_graphed_callables,
+    after warm-up iterations on a side stream); any other model, and any model on a CPU, runs eagerly.
+
+    Why: at the sizes S4D models are trained at, a GPU step is a few hundred small kernels (the SSM kernel's
+    complex arithmetic, the FFT convolution, their backward) whose launches, not their arithmetic, set its
+    time. A replayed graph launches them at once. The arithmetic is the eager step's, kernel for kernel;
+    `graphs=False` is the eager twin (tests/test_train.py holds the two equal).
+
+    The gradients a replayed backward leaves in `.grad` may be the graph's own buffers, which its next
+    replay overwrites: each step's gradients must be used (the optimizer step) before the next forward,
+    as in `fit`, which also sets them to None in between; accumulating them over several batches is not
+    supported.
+    """
+
+    def __init__(self, model: nn.Module, mode: str, graphs: bool = True):
+        self.model, self.mode = model, mode
+        device = next(model.parameters()).device
+        self.graphs = graphs and graphable(model, mode, device)
+        self.captured: dict[tuple, nn.Module] = {}  # (shape, dtype) of the input -> its graphed forward
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.graphs and self.model.training and torch.is_grad_enabled()):
+            return self.model(x, self.mode)
+        key = (tuple(x.shape), x.dtype)
+        if key not in self.captured:
+            self.captured[key] = torch.cuda.make_graphed_callables(_ModeForward(self.model, self.mode), (x.clone(),))
+        return self.captured[key](x)
+
+
 def fit(
     model: nn.Module,
     data: SequenceData,
@@ -109,6 +174,7 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg.epochs * len(train_loader)))
     meta = {"train": asdict(cfg), **(meta or {}), "versions": package_versions()}
 
+    forward = TrainingForward(model, cfg.mode)
     history, best_val, start = [], -1.0, 0
     if (run_dir / "last.pt").exists():
         state = load_checkpoint(run_dir / "last.pt")
@@ -126,7 +192,7 @@ def fit(
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for x, y in bar:
             x, y = x.to(device), y.to(device)
-            loss = nn.functional.cross_entropy(model(x, cfg.mode), y)
+            loss = nn.functional.cross_entropy(forward(x), y)
             check_finite("loss", loss, epoch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
