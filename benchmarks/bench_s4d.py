@@ -15,9 +15,12 @@ exp(dt·A·l) contracted with einsum, the FFT convolution along the last axis un
 has the same parameters as the project's model (B trainable, 3,850 of them at H 16) and the same
 optimizer groups, so both models do the same arithmetic in their own layouts.
 
-On a GPU a third column times the project's step as aimc_ssm.core.train.fit runs it: forward and
-backward replayed from CUDA graphs (`TrainingForward`), the same kernels without their launches one by
-one; the project column is the eager step, graphs off. On a CPU fit's step is the eager one.
+On a GPU two more columns time both models with their forward and backward replayed from CUDA graphs:
+the project's through `TrainingForward`, as aimc_ssm.core.train.fit replays them (the same kernels,
+launched at once), the baseline's through torch.cuda.make_graphed_callables. The ratios against the eager
+baseline say what a user of each code gets; graphed against graphed says what is left between the
+models. fit's own checks (a finite loss and gradients) and its scheduler are in no column. On a CPU fit
+steps eagerly: the project column is its step.
 
 The steps take turns, so load from other processes hits each alike; each time is the
 median over the repeats after the warm-up steps. The ratio is project / baseline time: below 1 the
@@ -140,10 +143,14 @@ def measure(case: Case, batch: int, norm: str, device: torch.device, warmup: int
         "project": training_step(project, groups, lambda x: project(x, "conv"), x, y),
         "baseline": training_step(baseline, baseline.parameter_groups(train), baseline, x, y),
     }
-    if device.type == "cuda":  # the step as fit runs it, from CUDA graphs; its own copy of the model and optimizer
+    if device.type == "cuda":  # both models replayed from CUDA graphs, each its own copy and optimizer
         graphed = S4DModel(ModelConfig(d_model=case.d_model, d_state=D_STATE, n_layers=case.n_layers, norm=norm)).to(device)
         groups = parameter_groups(graphed, train.lr, train.weight_decay, train.ssm_lr)
-        steps["graphed"] = training_step(graphed, groups, TrainingForward(graphed.train(), "conv"), x, y)
+        steps["project graphed"] = training_step(graphed, groups, TrainingForward(graphed.train(), "conv"), x, y)
+        graphed_baseline = BaselineModel(case.d_model, case.n_layers, norm).to(device).train()
+        groups = graphed_baseline.parameter_groups(train)
+        forward = torch.cuda.make_graphed_callables(graphed_baseline, (x.clone(),))
+        steps["baseline graphed"] = training_step(graphed_baseline, groups, forward, x, y)
     return alternating_medians(steps, device, warmup, repeats)
 
 
@@ -160,17 +167,22 @@ def main() -> None:
     if repeats < 1 or warmup < 0:
         parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
     device = torch_device(parser, args)
+    if device.type == "cuda" and warmup < 1:
+        parser.error("--warmup must be >= 1 on a GPU: the first step captures the CUDA graphs")
 
     print(f"{machine(device)}; L {LENGTH}, N {D_STATE}, norm {args.norm}; median of {repeats} steps after {warmup} warm-up")
     graphs = device.type == "cuda"
     header = f"{'case':18s} {'batch':>6s} {'project ms':>11s} {'baseline ms':>12s} {'project/baseline':>17s}"
-    print(header + (f" {'fit ms':>8s} {'fit/baseline':>13s}" if graphs else ""))
+    if graphs:
+        header += f" {'graphed: project ms':>20s} {'baseline ms':>12s} {'project/eager baseline':>23s} {'project/baseline':>17s}"
+    print(header)
     for case in CASES:
         batch = case.quick_batch if args.quick else case.batch
         t = measure(case, batch, args.norm, device, warmup, repeats)
         row = f"{case.name:18s} {batch:6d} {1e3 * t['project']:11.1f} {1e3 * t['baseline']:12.1f} {t['project'] / t['baseline']:17.2f}"
         if graphs:
-            row += f" {1e3 * t['graphed']:8.1f} {t['graphed'] / t['baseline']:13.2f}"
+            project, baseline = t["project graphed"], t["baseline graphed"]
+            row += f" {1e3 * project:20.1f} {1e3 * baseline:12.1f} {project / t['baseline']:23.2f} {project / baseline:17.2f}"
         print(row)
 
 

@@ -50,9 +50,9 @@ def test_kernel_equals_its_reference_values_and_gradients(L, compute):
     weights = torch.randn(dA.shape[0], L, generator=torch.Generator().manual_seed(0)).to(compute)
     K, K_ref = ssm_kernel(dA, dB, C, L), ssm_kernel_ref(dA, dB, C, L)
     assert K.shape == K_ref.shape == (dA.shape[0], L)
-    # Ā^l magnifies a relative change of Ā l times, and the kernel takes log Ā in single precision:
-    # one rounding of it (2^-24) moves the last taps by L·2^-24 relative (4.7e-5 at L 784)
-    assert relative_error(K, K_ref) < max(1e-5, L * 2**-24)
+    # the kernel takes log Ā in Ā's single precision: one rounding of the phase ∠Ā (|∠Ā| ≤ π, at most
+    # 2^-23 rad) turns tap l by l times as much, so the last taps may move by L·2^-23 (9.3e-5 at L 784)
+    assert relative_error(K, K_ref) < max(1e-5, L * 2**-23)
     grads = torch.autograd.grad((K * weights).sum(), (dA, dB, C))
     grads_ref = torch.autograd.grad((K_ref * weights).sum(), (dA, dB, C), allow_unused=True)  # L = 1 never reads Ā
     for g, g_ref in zip(grads, grads_ref):

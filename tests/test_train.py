@@ -8,10 +8,13 @@ import torch
 
 from aimc_ssm import ModelConfig, cache
 from aimc_ssm.__main__ import main as cli
+from aimc_ssm.analog.hwa import WeightNoise
 from aimc_ssm.cache import float_model
 from aimc_ssm.core import train as train_mod
 from aimc_ssm.core.model import S4DModel, parameter_groups
 from aimc_ssm.core.train import TrainConfig, TrainingForward, graphable, load_model
+from aimc_ssm.quant.precision import PrecisionSpec
+from aimc_ssm.quant.quantize import quantize_
 
 TINY = ModelConfig(d_model=8, d_state=8)
 FAST = TrainConfig(dataset="digits", epochs=2, batch_size=32, lr=3e-2, ssm_lr=1e-2, compute="cpu")
@@ -106,13 +109,15 @@ def test_infinite_gradients_stop_before_the_weights_turn_nan(tmp_path):
     assert torch.equal(model.decoder.weight, before)  # no step was taken
 
 
-def test_graphed_training_steps_equal_the_eager_twin(compute):
-    """fit's TrainingForward against its eager twin: a few AdamW steps from one init give the same losses and
-    weights, a full and a ragged last batch. On a GPU the graphed path is taken; on a CPU it is the twin."""
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_graphed_training_steps_equal_the_eager_twin(compute, norm):
+    """fit's TrainingForward against its eager twin: AdamW steps from one init, a full and a ragged last
+    batch, an evaluation in between, give the same losses, weights and norm statistics. On a GPU the
+    graphed path is taken; on a CPU it is the twin."""
     device = compute
     torch.manual_seed(0)
-    batches = [(torch.randn(b, 40, 1, device=device), torch.randint(0, 10, (b,), device=device)) for b in (16, 16, 16, 5)]
-    init = S4DModel(ModelConfig(d_model=8, d_state=8, n_layers=2, norm="layer")).to(device)
+    batches = [(torch.randn(b, 40, 1, device=device), torch.randint(0, 10, (b,), device=device)) for b in (16, 16, 16, 5, 16)]
+    init = S4DModel(ModelConfig(d_model=8, d_state=8, n_layers=2, norm=norm)).to(device)
     runs = {}
     for graphs in (False, True):
         model = copy.deepcopy(init).train()
@@ -120,29 +125,37 @@ def test_graphed_training_steps_equal_the_eager_twin(compute):
         assert forward.graphs == (graphs and device.type == "cuda")
         opt = torch.optim.AdamW(parameter_groups(model, 1e-2, 0.01))
         losses = []
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches):
             loss = torch.nn.functional.cross_entropy(forward(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            if step == 1:  # as fit's evaluate between epochs: eval mode, no gradients, the model called directly
+                model.eval()
+                with torch.no_grad():
+                    losses.append(torch.nn.functional.cross_entropy(forward(x), y).item())
+                model.train()
         assert len(forward.captured) == (2 if forward.graphs else 0)  # one graph per batch shape
-        runs[graphs] = losses, [p.detach().clone() for p in model.parameters()]
-    (eager_losses, eager_weights), (losses, weights) = runs[False], runs[True]
+        runs[graphs] = losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    (eager_losses, eager_state), (losses, state) = runs[False], runs[True]
     assert losses == pytest.approx(eager_losses, rel=1e-5)
-    for w, e in zip(weights, eager_weights):
-        torch.testing.assert_close(w, e, rtol=1e-4, atol=1e-5)
+    assert state.keys() == eager_state.keys()
+    for name, value in state.items():  # weights and buffers (BatchNorm's running statistics)
+        torch.testing.assert_close(value, eager_state[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_only_plain_models_in_conv_mode_on_a_gpu_are_graphed():
-    from aimc_ssm.analog.hwa import WeightNoise  # a transform: noise drawn every forward
-
+    cuda = torch.device("cuda")
     model = S4DModel(TINY)
-    assert graphable(model, "conv", torch.device("cuda"))
+    assert graphable(model, "conv", cuda)
     assert not graphable(model, "conv", torch.device("cpu"))
-    assert not graphable(model, "recurrent", torch.device("cuda"))  # a Python loop over time
-    model.blocks[0].ssm.set_transform("noise", WeightNoise(0.01, "A"))
-    assert not graphable(model, "conv", torch.device("cuda"))
-    quantized = S4DModel(TINY)
-    quantized.blocks[0].act_quant = torch.nn.Hardtanh()  # any module outside the plain set
-    assert not graphable(quantized, "conv", torch.device("cuda"))
+    assert not graphable(model, "recurrent", cuda)  # a Python loop over time
+    # what the project inserts: quantizers, weight noise (drawn every forward), hooks
+    assert not graphable(quantize_(S4DModel(TINY), PrecisionSpec.channel_asym(8)), "conv", cuda)
+    noisy = S4DModel(TINY)
+    noisy.blocks[0].ssm.set_transform("noise", WeightNoise(0.01, "A"))
+    assert not graphable(noisy, "conv", cuda)
+    hooked = S4DModel(TINY)
+    hooked.blocks[0].mixing.register_forward_hook(lambda module, args, out: None)
+    assert not graphable(hooked, "conv", cuda)

@@ -90,7 +90,9 @@ def ssm_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> t
     The Vandermonde matrix in two factors: with l = I·j + i and I ≈ √L, Ā^l = Ā^(I·j)·Ā^i, so the sum over
     modes is one batched real matmul and only H·n·(I + J) complex exponentials are taken: H·n·L of them,
     with their backward, would be the kernel's whole cost. So few, they are taken in double precision:
-    the phase l·∠Ā reaches L·π, where single precision loses about 1e-4 rad."""
+    the phase l·∠Ā reaches L·π, where single precision loses about 1e-4 rad. log Ā itself is taken in
+    Ā's precision, single: one rounding of ∠Ā turns tap l by l times as much (tests/test_s4d_speed_paths.py
+    bounds it)."""
     if L < 1:
         raise ValueError(f"the kernel length L must be at least 1, got {L}")
     H, n = dA.shape

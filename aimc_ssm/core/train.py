@@ -107,6 +107,8 @@ def graphable(model: nn.Module, mode: str, device: torch.device) -> bool:
             return False
         if type(module) not in GRAPHABLE_MODULES and not isinstance(module, nn.ModuleDict):
             return False
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
+            return False  # a hook runs host code that a replay would skip
     return True
 
 
@@ -148,7 +150,13 @@ class TrainingForward:
             return self.model(x, self.mode)
         key = (tuple(x.shape), x.dtype)
         if key not in self.captured:
+            # the capture's warm-up forwards run in training mode: a norm's running statistics would count
+            # them as batches, so the buffers are put back to what the eager step would see
+            buffers = [b.clone() for b in self.model.buffers()]
             self.captured[key] = torch.cuda.make_graphed_callables(_ModeForward(self.model, self.mode), (x.clone(),))
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
         return self.captured[key](x)
 
 
