@@ -15,6 +15,10 @@ classes, for three forms of the same trained-from-init [Z25] model (H 16, N 64):
                 4 copies, y column range 8, the device's noise drawn for 1 h of drift, DAC and ADC
                 rounding with straight-through gradients, output noise
 
+On a GPU two more forms, "recurrent graphed" and "hwa graphed", are those steps as
+aimc_ssm.core.train.fit runs them: forward and backward replayed from CUDA graphs (`TrainingForward`),
+the hwa model's device noise drawn afresh at every replay. The ratio is printed for both pairs.
+
 The steps alternate, so load from other processes hits each alike; each time is the median over the
 repeats after the warm-up. The ratio hwa / recurrent is the cost of simulating the crossbars on top of
 the recurrence itself.
@@ -22,6 +26,7 @@ the recurrence itself.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from common import add_device_flags, alternating_medians, machine, torch_device, training_step
@@ -31,7 +36,7 @@ from aimc_ssm.analog.deploy import measure_signals
 from aimc_ssm.analog.devices import load_device
 from aimc_ssm.analog.hwa import KernelHWA, through_kernels
 from aimc_ssm.core.model import parameter_groups
-from aimc_ssm.core.train import TrainConfig
+from aimc_ssm.core.train import TrainConfig, TrainingForward
 
 CLASSES = 10
 
@@ -71,12 +76,19 @@ def main() -> None:
         "recurrent": training_step(model, groups(model), lambda v: model(v, "recurrent"), x, y),
         "hwa": training_step(hwa, groups(hwa), lambda v: hwa(v, "recurrent"), x, y),
     }
+    if device.type == "cuda":
+        for name, source in (("recurrent graphed", model), ("hwa graphed", hwa)):
+            graphed = copy.deepcopy(source).train()
+            steps[name] = training_step(graphed, groups(graphed), TrainingForward(graphed, "recurrent"), x, y)
     times = alternating_medians(steps, device, warmup, repeats)
 
     print(f"{machine(device)}; batch {batch}, L {length}, H 16, N 64, {args.analog_device}; median of {repeats} steps after {warmup} warm-up")
     for name, seconds in times.items():
-        print(f"{name:10s} {1e3 * seconds:10.1f} ms")
+        print(f"{name:17s} {1e3 * seconds:10.1f} ms")
     print(f"hwa / recurrent {times['hwa'] / times['recurrent']:.2f}   (recurrent / conv {times['recurrent'] / times['conv']:.1f})")
+    if "hwa graphed" in times:
+        print(f"graphed: hwa / recurrent {times['hwa graphed'] / times['recurrent graphed']:.2f}   "
+              f"(eager / graphed: recurrent {times['recurrent'] / times['recurrent graphed']:.1f}, hwa {times['hwa'] / times['hwa graphed']:.1f})")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import torch
 
 from aimc_ssm import ModelConfig, cache
 from aimc_ssm.__main__ import main as cli
-from aimc_ssm.analog.hwa import WeightNoise
+from aimc_ssm.analog.deploy import measure_signals, to_analog
+from aimc_ssm.analog.devices import load_device
+from aimc_ssm.analog.hwa import KernelHWA, WeightNoise, through_kernels
 from aimc_ssm.cache import float_model
 from aimc_ssm.core import train as train_mod
 from aimc_ssm.core.model import S4DModel, parameter_groups
@@ -109,19 +111,29 @@ def test_infinite_gradients_stop_before_the_weights_turn_nan(tmp_path):
     assert torch.equal(model.decoder.weight, before)  # no step was taken
 
 
-@pytest.mark.parametrize("norm", ["layer", "batch"])
-def test_graphed_training_steps_equal_the_eager_twin(compute, norm):
+def hwa_model(model: S4DModel, length: int) -> S4DModel:
+    """`model` training through its pcm kernels with the converters but no noise: a deterministic step."""
+    x = torch.randn(8, length, 1, generator=torch.Generator().manual_seed(1)).to(next(model.parameters()).device)
+    peaks = measure_signals(model, x)
+    return through_kernels(model, load_device("pcm"), peaks, KernelHWA(noise_scale=0.0, copies=2, y_adc_range=8.0))
+
+
+@pytest.mark.parametrize("mode, norm, hwa", [("conv", "layer", False), ("conv", "batch", False), ("recurrent", "none", False), ("recurrent", "none", True)])
+def test_graphed_training_steps_equal_the_eager_twin(compute, mode, norm, hwa):
     """fit's TrainingForward against its eager twin: AdamW steps from one init, a full and a ragged last
-    batch, an evaluation in between, give the same losses, weights and norm statistics. On a GPU the
-    graphed path is taken; on a CPU it is the twin."""
+    batch, an evaluation in between, give the same losses, weights and norm statistics, for plain models
+    and one training through its crossbars (aimc_ssm.analog.hwa, noise off). On a GPU the graphed path is
+    taken; on a CPU it is the twin."""
     device = compute
     torch.manual_seed(0)
     batches = [(torch.randn(b, 40, 1, device=device), torch.randint(0, 10, (b,), device=device)) for b in (16, 16, 16, 5, 16)]
     init = S4DModel(ModelConfig(d_model=8, d_state=8, n_layers=2, norm=norm)).to(device)
+    if hwa:
+        init = hwa_model(init, 40)
     runs = {}
     for graphs in (False, True):
         model = copy.deepcopy(init).train()
-        forward = TrainingForward(model, "conv", graphs=graphs)
+        forward = TrainingForward(model, mode, graphs=graphs)
         assert forward.graphs == (graphs and device.type == "cuda")
         opt = torch.optim.AdamW(parameter_groups(model, 1e-2, 0.01))
         losses = []
@@ -145,17 +157,35 @@ def test_graphed_training_steps_equal_the_eager_twin(compute, norm):
         torch.testing.assert_close(value, eager_state[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_only_plain_models_in_conv_mode_on_a_gpu_are_graphed():
+def test_a_graphed_hardware_aware_step_draws_fresh_noise(compute):
+    """Replayed, the crossbars' device noise and the Linear weights' noise are drawn anew at every step,
+    as eagerly (the studies' hardware-aware training, parametrized Linears included)."""
+    torch.manual_seed(0)
+    model = S4DModel(ModelConfig(d_model=4, d_state=8)).to(compute)
+    x = torch.randn(8, 24, 1, device=compute)
+    peaks = measure_signals(model, x)
+    noisy = through_kernels(model, load_device("pcm"), peaks, KernelHWA(t_inference=3600.0), linear_noise=0.03).train()
+    forward = TrainingForward(noisy, "recurrent")
+    assert forward.graphs == (compute.type == "cuda")
+    first = forward(x).clone()  # a replay writes its outputs where the last one left them
+    second = forward(x)
+    assert not torch.equal(first, second)
+    assert torch.isfinite(first).all() and torch.isfinite(second).all()
+
+
+def test_only_graph_safe_models_on_a_gpu_are_graphed():
     cuda = torch.device("cuda")
     model = S4DModel(TINY)
-    assert graphable(model, "conv", cuda)
-    assert not graphable(model, "conv", torch.device("cpu"))
-    assert not graphable(model, "recurrent", cuda)  # a Python loop over time
-    # what the project inserts: quantizers, weight noise (drawn every forward), hooks
-    assert not graphable(quantize_(S4DModel(TINY), PrecisionSpec.channel_asym(8)), "conv", cuda)
-    noisy = S4DModel(TINY)
+    assert graphable(model, cuda)
+    assert not graphable(model, torch.device("cpu"))
+    noisy = S4DModel(TINY)  # weight noise and the hardware-aware kernel draw on the device
     noisy.blocks[0].ssm.set_transform("noise", WeightNoise(0.01, "A"))
-    assert not graphable(noisy, "conv", cuda)
+    assert graphable(noisy, cuda)
+    assert graphable(hwa_model(S4DModel(TINY), 16), cuda)
+    # quantizers (their ranges), hooks and aihwkit's tiles keep a model eager
+    assert not graphable(quantize_(S4DModel(TINY), PrecisionSpec.channel_asym(8)), cuda)
     hooked = S4DModel(TINY)
     hooked.blocks[0].mixing.register_forward_hook(lambda module, args, out: None)
-    assert not graphable(hooked, "conv", cuda)
+    assert not graphable(hooked, cuda)
+    analog = to_analog(S4DModel(TINY), load_device("pcm"))
+    assert not graphable(analog, cuda)

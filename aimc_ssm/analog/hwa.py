@@ -60,6 +60,8 @@ class WeightNoise(SSMTransform):
     trains hardware-aware with aimc_ssm.core.train.fit.
     """
 
+    graph_safe = True  # the noise is drawn on the device (see HardwareAwareKernel)
+
     def __init__(self, sigma: float, target: str):
         super().__init__()
         if target not in NOISE_TARGETS:
@@ -164,6 +166,10 @@ class HardwareAwareKernel(nn.Module):
     computes what the deployed kernel computes.
     """
 
+    # its forward draws the device's noise on the device and decides nothing on the host: fit may replay
+    # its training step from CUDA graphs (aimc_ssm.core.train.graphable), each replay drawing afresh
+    graph_safe = True
+
     def __init__(self, ssm, kernel_config, peaks: tuple[torch.Tensor, torch.Tensor], hwa: KernelHWA = KernelHWA()):
         super().__init__()
         check_mapping(hwa.mapping)
@@ -246,6 +252,8 @@ class HardwareAwareKernel(nn.Module):
 
 class LinearWeightNoise(nn.Module):
     """Parametrization drawing aihwkit's ADD_NORMAL noise on a Linear's weight at every training forward."""
+
+    graph_safe = True  # the noise is drawn on the device (see HardwareAwareKernel)
 
     def __init__(self, std: float):
         super().__init__()

@@ -30,7 +30,7 @@ def crossbar_matrices(
     H, n = dA.shape
     N = 2 * n
     W = dA.real.new_zeros(H, N + 1, N + 2)
-    re, im = torch.arange(0, N, 2), torch.arange(1, N, 2)  # state rows; state inputs are columns 1 + row
+    re, im = torch.arange(0, N, 2, device=W.device), torch.arange(1, N, 2, device=W.device)  # state rows; state inputs are columns 1 + row
     W[:, re, 0], W[:, im, 0] = dB.real, dB.imag  # B̄ u_t
     W[:, re, 1 + re], W[:, re, 1 + im] = dA.real, -dA.imag  # Ā x_{t-1}, one 2×2 block per mode
     W[:, im, 1 + re], W[:, im, 1 + im] = dA.imag, dA.real

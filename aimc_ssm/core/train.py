@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..io import atomic_write, from_dict_strict, load_checkpoint, package_versions, save_checkpoint
@@ -89,27 +90,29 @@ def cosine_lambda(total_steps: int) -> Callable[[int], float]:
 
 
 # modules whose training forward and backward are the same kernels every step, decided on the device alone:
-# what a CUDA graph can replay. Quantizers (ranges observed on the host), transform chains and analog tiles
-# are not among them.
+# what a CUDA graph can replay. A module of another package declares it with a class attribute
+# `graph_safe = True` (the hardware-aware kernel and weight noise of aimc_ssm.analog.hwa, whose noise is
+# drawn on the device: a replay draws afresh). Quantizers (ranges observed on the host), pruning masks and
+# analog tiles declare nothing, and keep a model eager.
 GRAPHABLE_MODULES = (
-    S4DModel, S4DBlock, S4D, ChannelNorm, HardGELU, nn.ModuleList, nn.Linear, nn.Identity, nn.GELU, nn.GLU,
-    nn.ReLU, nn.Dropout, nn.LayerNorm, nn.BatchNorm1d,
+    S4DModel, S4DBlock, S4D, ChannelNorm, HardGELU, nn.ModuleList, nn.ModuleDict, nn.Linear, nn.Identity,
+    nn.GELU, nn.GLU, nn.ReLU, nn.Dropout, nn.LayerNorm, nn.BatchNorm1d, parametrize.ParametrizationList,
 )
 
 
-def graphable(model: nn.Module, mode: str, device: torch.device) -> bool:
-    """Whether `TrainingForward` replays the model's training step from CUDA graphs: on a GPU, in
-    convolution mode, for a model of plain modules (GRAPHABLE_MODULES) whose SSMs have no transforms."""
-    if device.type != "cuda" or mode != "conv":
-        return False
-    for module in model.modules():
-        if isinstance(module, S4D) and len(module.transforms):
-            return False
-        if type(module) not in GRAPHABLE_MODULES and not isinstance(module, nn.ModuleDict):
-            return False
-        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
-            return False  # a hook runs host code that a replay would skip
-    return True
+def graph_safe(module: nn.Module) -> bool:
+    """Whether a module (a parametrized one by its own type) is one a CUDA graph can replay, hooks aside."""
+    hooks = module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    if hooks:
+        return False  # a hook runs host code that a replay would skip
+    return parametrize.type_before_parametrizations(module) in GRAPHABLE_MODULES or getattr(module, "graph_safe", False)
+
+
+def graphable(model: nn.Module, device: torch.device) -> bool:
+    """Whether `TrainingForward` replays the model's training step from CUDA graphs: on a GPU, for a model
+    whose every module, transforms and parametrizations included, is `graph_safe`, in either mode (a graph
+    holds the recurrence's loop over time unrolled)."""
+    return device.type == "cuda" and all(graph_safe(module) for module in model.modules())
 
 
 class _ModeForward(nn.Module):
@@ -129,8 +132,8 @@ class TrainingForward:
     after warm-up iterations on a side stream); any other model, and any model on a CPU, runs eagerly.
 
     Why: at the sizes S4D models are trained at, a GPU step is a few hundred small kernels (the SSM kernel's
-    complex arithmetic, the FFT convolution, their backward) whose launches, not their arithmetic, set its
-    time. A replayed graph launches them at once. The arithmetic is the eager step's, kernel for kernel;
+    complex arithmetic, the FFT convolution, their backward), in recurrent mode a few dozen per time step,
+    whose launches, not their arithmetic, set its time. A replayed graph launches them at once. The arithmetic is the eager step's, kernel for kernel;
     `graphs=False` is the eager twin (tests/test_train.py holds the two equal).
 
     The gradients a replayed backward leaves in `.grad` may be the graph's own buffers, which its next
@@ -142,7 +145,7 @@ class TrainingForward:
     def __init__(self, model: nn.Module, mode: str, graphs: bool = True):
         self.model, self.mode = model, mode
         device = next(model.parameters()).device
-        self.graphs = graphs and graphable(model, mode, device)
+        self.graphs = graphs and graphable(model, device)
         self.captured: dict[tuple, nn.Module] = {}  # (shape, dtype) of the input -> its graphed forward
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
