@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from aihwkit.inference import HermesNoiseModel
 
 from aimc_ssm import ModelConfig, cache
 from aimc_ssm.__main__ import main as cli
@@ -182,6 +183,12 @@ def test_only_graph_safe_models_on_a_gpu_are_graphed():
     noisy.blocks[0].ssm.set_transform("noise", WeightNoise(0.01, "A"))
     assert graphable(noisy, cuda)
     assert graphable(hwa_model(S4DModel(TINY), 16), cuda)
+    hermes = load_device("pcm")  # a noise model that indexes with masks, waiting for the device
+    hermes.noise_model = HermesNoiseModel()
+    model = S4DModel(TINY)
+    peaks = measure_signals(model, torch.randn(4, 16, 1))
+    assert not graphable(through_kernels(model, hermes, peaks, KernelHWA()), cuda)
+    assert graphable(through_kernels(model, hermes, peaks, KernelHWA(noise_scale=0.0)), cuda)  # never draws it
     # quantizers (their ranges), hooks and aihwkit's tiles keep a model eager
     assert not graphable(quantize_(S4DModel(TINY), PrecisionSpec.channel_asym(8)), cuda)
     hooked = S4DModel(TINY)

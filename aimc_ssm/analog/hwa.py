@@ -166,9 +166,19 @@ class HardwareAwareKernel(nn.Module):
     computes what the deployed kernel computes.
     """
 
-    # its forward draws the device's noise on the device and decides nothing on the host: fit may replay
-    # its training step from CUDA graphs (aimc_ssm.core.train.graphable), each replay drawing afresh
-    graph_safe = True
+    @property
+    def graph_safe(self) -> bool:
+        """Whether fit may replay this layer's training step from CUDA graphs (aimc_ssm.core.train.graphable),
+        each replay drawing afresh: its forward decides nothing on the host, and neither do aihwkit's PCM-like
+        and state-independent noise models on a single conductance pair (the shipped devices'). Other
+        models or converters may (Hermes' masked indexing, a custom pair's numpy interpolation), which a
+        capture refuses: those layers train eagerly."""
+        from aihwkit.inference import PCMLikeNoiseModel, SinglePairConductanceConverter, StateIndependentNoiseModel
+
+        model = self.config.noise_model
+        on_device = type(model) in (PCMLikeNoiseModel, StateIndependentNoiseModel) and type(
+            model.g_converter) is SinglePairConductanceConverter  # exact types: subclasses may read to the host
+        return self.hwa.noise_scale == 0 or on_device
 
     def __init__(self, ssm, kernel_config, peaks: tuple[torch.Tensor, torch.Tensor], hwa: KernelHWA = KernelHWA()):
         super().__init__()

@@ -136,6 +136,11 @@ class TrainingForward:
     whose launches, not their arithmetic, set its time. A replayed graph launches them at once. The arithmetic is the eager step's, kernel for kernel;
     `graphs=False` is the eager twin (tests/test_train.py holds the two equal).
 
+    A model that draws noise (aimc_ssm.analog.hwa) draws other numbers than its eager twin would, from the
+    same distributions: the capture's warm-up iterations advance the generator. Each batch shape holds
+    its own graph and activations, so a ragged last batch costs a second set of them (in recurrent mode,
+    the whole unrolled sequence's).
+
     The gradients a replayed backward leaves in `.grad` may be the graph's own buffers, which its next
     replay overwrites: each step's gradients must be used (the optimizer step) before the next forward,
     as in `fit`, which also sets them to None in between; accumulating them over several batches is not
@@ -156,10 +161,12 @@ class TrainingForward:
             # the capture's warm-up forwards run in training mode: a norm's running statistics would count
             # them as batches, so the buffers are put back to what the eager step would see
             buffers = [b.clone() for b in self.model.buffers()]
-            self.captured[key] = torch.cuda.make_graphed_callables(_ModeForward(self.model, self.mode), (x.clone(),))
-            with torch.no_grad():
-                for b, saved in zip(self.model.buffers(), buffers):
-                    b.copy_(saved)
+            try:
+                self.captured[key] = torch.cuda.make_graphed_callables(_ModeForward(self.model, self.mode), (x.clone(),))
+            finally:
+                with torch.no_grad():
+                    for b, saved in zip(self.model.buffers(), buffers):
+                        b.copy_(saved)
         return self.captured[key](x)
 
 
