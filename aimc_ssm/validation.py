@@ -535,7 +535,8 @@ TRAIN_CHOICES = ("mode", "val_mode", "compute")  # the settings TrainConfig chec
 RULES: dict[str, Callable[[str, object], None]] = {
     **dict.fromkeys(
         ("epochs", "qat_epochs", "hwa_epochs", "batch_size", "test_samples", "analog_samples", "repeats", "threads", "copies",
-         "max_candidates", "seeds", "d_model", "n_layers", "d_input", "d_output"),
+         "max_candidates", "seeds", "search_epochs", "f4_epochs", "scratch_epochs", "noise_repeats", "d_model",
+         "n_layers", "d_input", "d_output"),
         check_count,
     ),
     "d_state": check_state_size,
@@ -551,7 +552,7 @@ RULES: dict[str, Callable[[str, object], None]] = {
     **dict.fromkeys(("adc_bits", "dac_bits"), each(check_converter_bits)),
     "tile_size": lambda setting, value: check_integer(setting, value, 0),
     **dict.fromkeys(("t_inference", "hwa_t_inference"), check_drift_time),
-    "bits": each(check_quantizer_bits),
+    **dict.fromkeys(("bits", "f4_bits", "noise_bits", "prune_bits", "size_bits"), each(check_quantizer_bits)),
     "ladder": lambda setting, value: check_ladder(setting, value),
     "components": each(lambda setting, value: None if value == "all" else check_component(setting, value)),
     "dataset": check_dataset,

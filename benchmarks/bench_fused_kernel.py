@@ -27,31 +27,13 @@ import argparse
 import time
 
 import torch
+from common import fastest
 
 from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws
 from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan
 from aimc_ssm.core.s4d import S4D
-
-REPEATS = 1  # --repeat: each time is the best of this many runs (a shared CPU's neighbours slow some)
-CLOCK = time.perf_counter  # --cpu-time: time.process_time, the CPU time of this process
-
-
-def timed(fn, compute: str, keep: list | None = None) -> float:
-    """Seconds fn() takes, the best of REPEATS runs; its last result appended to keep."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        if compute == "cuda":
-            torch.cuda.synchronize()
-        start = CLOCK()
-        result = fn()
-        if compute == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, CLOCK() - start)
-    if keep is not None:
-        keep.append(result)
-    return best
 
 
 def agreement(y: torch.Tensor, twin: torch.Tensor) -> str:
@@ -82,12 +64,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="report the best of this many runs of each (not the reference)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    global REPEATS, CLOCK
     if args.cpu_time and (args.compute != "cpu" or args.threads != 1):
         parser.error("--cpu-time measures one CPU thread: use it with --compute cpu --threads 1")
 
-    REPEATS = args.repeat
-    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    clock = time.process_time if args.cpu_time else time.perf_counter  # --cpu-time: the CPU time of this process
+
+    def timed(fn, repeats: int = args.repeat):
+        """(seconds, output) of fn: the best of `repeats` runs (a shared CPU's neighbours slow some)."""
+        return fastest(fn, torch.device(args.compute), repeats, clock)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -112,42 +97,37 @@ def main() -> None:
         if not kernel.compile_step:
             kernel(u[:, :2])  # warm-up
         else:  # compiled for the scan's shapes, once: its first call
-            first = timed(lambda: kernel(u), args.compute)
+            first, _ = timed(lambda: kernel(u), 1)
             print(f"fused kernel, first call (compiles the step): {first:8.3f} s")
-        y = []
-        fused = timed(lambda: kernel(u), args.compute, y)
+        fused, y = timed(lambda: kernel(u))
         how = f", CUDA graphs of {kernel.graph_steps} steps{', compiled step' if kernel.compile_step else ''}" if args.compute == "cuda" else ""
         print(f"fused kernel (execution {kernel.execution()}{how}):{' ' * max(1, 24 - len(how))}{fused:8.3f} s")
         if args.compute == "cuda" and kernel.graph_steps > 0:
             scan = StaticScan(kernel, kernel.crossbar_stack(u), u)
-            REPEATS, repeats = 1, REPEATS  # one capture, replayed once
-            capture = timed(lambda: scan.capture(kernel.graph_steps, kernel.compile_step), args.compute)
-            replay = timed(scan.replay, args.compute, y)
-            REPEATS = repeats
-            print(f"  of which capture{' and compilation' if kernel.compile_step else ''} {capture:.3f} s, replays {replay:.3f} s (agree {agreement(y[0], y[-1])})")
+            capture, _ = timed(lambda: scan.capture(kernel.graph_steps, kernel.compile_step), 1)  # one capture, replayed once
+            replay, y_replay = timed(scan.replay, 1)
+            print(f"  of which capture{' and compilation' if kernel.compile_step else ''} {capture:.3f} s, replays {replay:.3f} s (agree {agreement(y, y_replay)})")
         if args.eager and args.compute == "cuda":
             kernel.graph_steps, compiled, kernel.compile_step = 0, kernel.compile_step, False
-            eager = timed(lambda: kernel(u), args.compute, y)
+            eager, y_eager = timed(lambda: kernel(u))
             kernel.graph_steps, kernel.compile_step = args.graph_steps, compiled
-            print(f"fused kernel, steps launched eagerly:           {eager:8.3f} s   ({eager / fused:.1f}x the fused kernel; agree {agreement(y[0], y[-1])})")
+            print(f"fused kernel, steps launched eagerly:           {eager:8.3f} s   ({eager / fused:.1f}x the fused kernel; agree {agreement(y, y_eager)})")
         if args.plain:
-            plain = timed(lambda: kernel.scan_plain(u), args.compute, y)
-            print(f"plain twin (scan_plain):                        {plain:8.3f} s   ({plain / fused:.1f}x the fused kernel; agree {agreement(y[0], y[-1])})")
+            plain, y_plain = timed(lambda: kernel.scan_plain(u))
+            print(f"plain twin (scan_plain):                        {plain:8.3f} s   ({plain / fused:.1f}x the fused kernel; agree {agreement(y, y_plain)})")
         if args.with_mvm:
-            mvm = timed(lambda: kernel.scan(u, reference_mvm=True), args.compute)
+            mvm, _ = timed(lambda: kernel.scan(u, reference_mvm=True))
             print(f"fused, AnalogMVM.matmul per step (twin):        {mvm:8.3f} s   ({mvm / fused:.1f}x the fused kernel)")
-        REPEATS, repeats = 1, REPEATS
-        ref = timed(lambda: kernel.scan_ref(u[:, :ref_steps]), args.compute) * (args.length + 1) / (ref_steps + 1)
-        REPEATS = repeats
+        ref = timed(lambda: kernel.scan_ref(u[:, :ref_steps]), 1)[0] * (args.length + 1) / (ref_steps + 1)
         scaled = f", timed on {ref_steps} of {args.length} steps and scaled" if ref_steps < args.length else ""
         print(f"reference (AnalogLinear per channel per step):  {ref:8.3f} s{scaled}")
         noise = "output-noise draws" if kernel.rpu_config.forward.out_noise > 0 else "no noise"
         floors = {}
         for name in ("float32", "own"):
             floor = Floor(kernel, args.batch, name)
-            times = {"eager": timed(lambda: floor.run(steps), args.compute)}
+            times = {"eager": timed(lambda: floor.run(steps))[0]}
             if args.compute == "cuda":
-                times["graphs"] = timed(lambda: floor.replay(steps, args.graph_steps), args.compute)
+                times["graphs"] = timed(lambda: floor.replay(steps, args.graph_steps))[0]
             floors[name] = min(times.values())
             detail = ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
             print(f"floor {name:7s} (matmul, {noise}):{' ' * (18 - len(noise))}{floors[name]:8.3f} s   ({detail}; fused kernel: {fused / floors[name]:.2f}x this floor)")

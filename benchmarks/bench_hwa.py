@@ -29,14 +29,13 @@ import argparse
 import copy
 
 import torch
-from common import add_device_flags, alternating_medians, machine, torch_device, training_step
+from common import add_device_flags, alternating_medians, default_groups, machine, torch_device, training_step
 
 from aimc_ssm import ModelConfig, S4DModel
 from aimc_ssm.analog.deploy import measure_signals
 from aimc_ssm.analog.devices import load_device
 from aimc_ssm.analog.hwa import KernelHWA, through_kernels
-from aimc_ssm.core.model import parameter_groups
-from aimc_ssm.core.train import TrainConfig, TrainingForward
+from aimc_ssm.core.train import TrainingForward
 
 CLASSES = 10
 
@@ -66,20 +65,15 @@ def main() -> None:
     peaks = measure_signals(model, x, state_quantizer=False)
     kernel_config = load_device(args.analog_device, adc_range=2.0, drift_compensation="averaged")
     hwa = through_kernels(model, kernel_config, peaks, KernelHWA(mapping="incremental", copies=4, y_adc_range=8.0)).to(device).train()
-    train = TrainConfig()
-
-    def groups(m):
-        return parameter_groups(m, train.lr, train.weight_decay, train.ssm_lr)
-
     steps = {
-        "conv": training_step(model, groups(model), lambda v: model(v, "conv"), x, y),
-        "recurrent": training_step(model, groups(model), lambda v: model(v, "recurrent"), x, y),
-        "hwa": training_step(hwa, groups(hwa), lambda v: hwa(v, "recurrent"), x, y),
+        "conv": training_step(model, default_groups(model), lambda v: model(v, "conv"), x, y),
+        "recurrent": training_step(model, default_groups(model), lambda v: model(v, "recurrent"), x, y),
+        "hwa": training_step(hwa, default_groups(hwa), lambda v: hwa(v, "recurrent"), x, y),
     }
     if device.type == "cuda":
         for name, source in (("recurrent graphed", model), ("hwa graphed", hwa)):
             graphed = copy.deepcopy(source).train()
-            steps[name] = training_step(graphed, groups(graphed), TrainingForward(graphed, "recurrent"), x, y)
+            steps[name] = training_step(graphed, default_groups(graphed), TrainingForward(graphed, "recurrent"), x, y)
     times = alternating_medians(steps, device, warmup, repeats)
 
     print(f"{machine(device)}; batch {batch}, L {length}, H 16, N 64, {args.analog_device}; median of {repeats} steps after {warmup} warm-up")

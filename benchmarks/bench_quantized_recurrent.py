@@ -28,10 +28,10 @@ arithmetic compiled by torch.compile, took 0.31-0.38 ms a step: 18-19x.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 
 import torch
+from common import fastest
 
 from aimc_ssm.core.model import ModelConfig, S4DModel
 from aimc_ssm.quant.precision import PrecisionSpec
@@ -83,20 +83,6 @@ def settings(args) -> tuple[Setting, ...]:
     return (Setting(args.ranges or "static", args.partial_products),)
 
 
-def fastest(fn, device: str, repeats: int) -> tuple[float, torch.Tensor]:
-    """The shortest of `repeats` timed calls of fn, and its output."""
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def measure(args, setting: Setting) -> dict:
     """Fast and reference times (s, the reference's scaled to the full length) of one setting."""
     torch.manual_seed(args.seed)
@@ -110,11 +96,12 @@ def measure(args, setting: Setting) -> dict:
         calibrate(model, [torch.randn(min(B, 32), L, 1, device=args.compute)], "recurrent")
     params = ssm.ssm_parameters()
 
+    device = torch.device(args.compute)
     quantized_scan(u[:, :8], params, ssm.quantization)  # warm-up
-    fast_s, y_fast = fastest(lambda: quantized_scan(u, params, ssm.quantization), args.compute, args.repeats)
+    fast_s, y_fast = fastest(lambda: quantized_scan(u, params, ssm.quantization), device, args.repeats)
     ref_steps = min(L, args.ref_steps)
     ref_s, y_ref = fastest(
-        lambda: quantized_scan_ref(u[:, :ref_steps], params, ssm.quantization), args.compute, args.repeats
+        lambda: quantized_scan_ref(u[:, :ref_steps], params, ssm.quantization), device, args.repeats
     )
     err = (y_fast[:, :ref_steps] - y_ref).abs().max().item()
     return {"fast_s": fast_s, "ref_s": ref_s * L / ref_steps, "ref_steps": ref_steps, "err": err}

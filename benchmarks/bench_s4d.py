@@ -31,15 +31,15 @@ time slice for its second thread, and those waits, not the arithmetic, then set 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
-from common import add_device_flags, alternating_medians, machine, torch_device, training_step
+from common import add_device_flags, alternating_medians, default_groups, machine, torch_device, training_step
 from torch import nn
 
 from aimc_ssm import ModelConfig, S4DModel
-from aimc_ssm.core.model import parameter_groups
 from aimc_ssm.core.train import TrainConfig, TrainingForward
 
 LENGTH, CLASSES, D_STATE = 784, 10, 64
@@ -138,19 +138,16 @@ def measure(case: Case, batch: int, norm: str, device: torch.device, warmup: int
     train = TrainConfig()
     project = S4DModel(ModelConfig(d_model=case.d_model, d_state=D_STATE, n_layers=case.n_layers, norm=norm)).to(device)
     baseline = BaselineModel(case.d_model, case.n_layers, norm).to(device)
-    groups = parameter_groups(project, train.lr, train.weight_decay, train.ssm_lr)
+    if device.type == "cuda":  # both models replayed from CUDA graphs: copies of the same inits, optimizers of their own
+        graphed, graphed_baseline = copy.deepcopy(project).train(), copy.deepcopy(baseline).train()
     steps = {
-        "project": training_step(project, groups, lambda x: project(x, "conv"), x, y),
+        "project": training_step(project, default_groups(project), lambda x: project(x, "conv"), x, y),
         "baseline": training_step(baseline, baseline.parameter_groups(train), baseline, x, y),
     }
-    if device.type == "cuda":  # both models replayed from CUDA graphs, each its own copy and optimizer
-        graphed = S4DModel(ModelConfig(d_model=case.d_model, d_state=D_STATE, n_layers=case.n_layers, norm=norm)).to(device)
-        groups = parameter_groups(graphed, train.lr, train.weight_decay, train.ssm_lr)
-        steps["project graphed"] = training_step(graphed, groups, TrainingForward(graphed.train(), "conv"), x, y)
-        graphed_baseline = BaselineModel(case.d_model, case.n_layers, norm).to(device).train()
-        groups = graphed_baseline.parameter_groups(train)
+    if device.type == "cuda":
+        steps["project graphed"] = training_step(graphed, default_groups(graphed), TrainingForward(graphed, "conv"), x, y)
         forward = torch.cuda.make_graphed_callables(graphed_baseline, (x.clone(),))
-        steps["baseline graphed"] = training_step(graphed_baseline, groups, forward, x, y)
+        steps["baseline graphed"] = training_step(graphed_baseline, graphed_baseline.parameter_groups(train), forward, x, y)
     return alternating_medians(steps, device, warmup, repeats)
 
 

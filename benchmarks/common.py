@@ -1,5 +1,6 @@
-"""What the training-step benchmarks share: the --device and --threads flags, the step they time and how
-they time it (steps taking turns, so that load from other processes hits each alike)."""
+"""What the benchmarks share: the --device and --threads flags, the training step they time and how they
+time it (steps taking turns, so that load from other processes hits each alike), and the best of
+repeated synchronized calls."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,9 @@ import time
 
 import torch
 from torch import nn
+
+from aimc_ssm.core.model import parameter_groups
+from aimc_ssm.core.train import TrainConfig
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +38,25 @@ def machine(device: torch.device) -> str:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def fastest(fn, device: torch.device, repeats: int = 1, clock=time.perf_counter):
+    """The shortest of `repeats` synchronized calls of fn, in seconds of `clock`, and its last output: on a
+    shared machine the fastest run is the one least disturbed by other jobs."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        synchronize(device)
+        start = clock()
+        out = fn()
+        synchronize(device)
+        best = min(best, clock() - start)
+    return best, out
+
+
+def default_groups(model: nn.Module) -> list[dict]:
+    """fit's AdamW groups for `model` at TrainConfig's default rates (aimc_ssm.core.model.parameter_groups)."""
+    train = TrainConfig()
+    return parameter_groups(model, train.lr, train.weight_decay, train.ssm_lr)
 
 
 def training_step(model: nn.Module, groups: list[dict], forward, x: torch.Tensor, y: torch.Tensor):

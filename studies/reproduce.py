@@ -87,7 +87,7 @@ from aimc_ssm.io import atomic_write, config_key, save_figure
 from aimc_ssm.quant.metrics import ace, adc_complexity, float_bits, model_size_bytes
 from aimc_ssm.quant.precision import COMPONENTS, FINETUNE_CONV_QAT, FLOAT, recipe_model_config, recipe_qat_plan, recipe_spec
 from aimc_ssm.quant.quantize import stability_report
-from aimc_ssm.quant.search import DEFAULT_TOLERANCE, check_bits_list, check_ladder, component_spec, meets
+from aimc_ssm.quant.search import DEFAULT_TOLERANCE, check_ladder, component_spec, meets
 from aimc_ssm.study.harness import Budget, ResultTable, prepare, run_keys, study_parser, study_setup
 from aimc_ssm.study.summary import markdown_table, write_summary
 from aimc_ssm.study.zoo import ModelZoo, search_precision
@@ -156,18 +156,13 @@ def parse_args(argv=None):
     s25.add_argument("--sizes-h", nargs="+", type=int, default=None, help="F7 widths H at the preset's N " + BUDGET.help("sizes_h"))
     s25.add_argument("--size-bits", type=int, default=6, help="F7 QAT bit width (default: %(default)s)")
     args = parser.parse_args(argv)
+    # counts, bit widths, noise levels and the tolerance's sign: the parser's shared checks (aimc_ssm.validation)
     try:
-        args.search_ladder = check_ladder(args.search_ladder)
-        args.f4_bits = tuple(sorted(check_bits_list(args.f4_bits)))
-        check_bits_list([*args.noise_bits, args.prune_bits, args.size_bits])
+        args.search_ladder = check_ladder(args.search_ladder)  # a tuple of at least two rungs
     except ValueError as err:
         parser.error(str(err))
-    for name in ("seeds", "search_epochs", "f4_epochs", "scratch_epochs", "noise_repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} is {getattr(args, name)}; give a positive count")
-    if min(args.sigmas) < 0:
-        parser.error(f"--sigmas {' '.join(map(str, args.sigmas))} has a negative noise level; give percentages >= 0")
-    if not 0 <= args.tolerance < 1:
+    args.f4_bits = tuple(sorted(args.f4_bits))
+    if args.tolerance >= 1:
         parser.error(f"--tolerance is {args.tolerance}; give an accuracy fraction in [0, 1), e.g. 0.01 for one point")
     if any(n % 2 or n < 2 for n in args.sizes_n) or min(args.sizes_h) < 1:
         parser.error(f"--sizes-n {' '.join(map(str, args.sizes_n))} / --sizes-h {' '.join(map(str, args.sizes_h))}: "
@@ -265,15 +260,15 @@ def parts(finding: str, args) -> list[tuple[str | None, list[str]]]:
         return [(None, f1_quantities())]
     if finding == "F2":
         return [(None, f2_quantities())]
+    if finding == "F3":
+        return [(None, list(measure_f3()))]
     if finding == "F4":
         return [("float", ["float"])] + [(c, f4_quantities(c, args)) for c in COMPONENTS]
     if finding == "F5":
         return [(m, f5_quantities(m, args)) for m in noise_models(args)]
     if finding == "F6":
         return [(m, f6_quantities(m)) for m in ("float", f"qat-{args.prune_bits}")]
-    if finding == "F7":
-        return [(size_label(h, n), [f"{m} {size_label(h, n)}" for m in ("float", f"qat-{args.size_bits}")]) for h, n in size_configs(args)]
-    raise ValueError(f"unknown finding {finding!r}")
+    return [(size_label(h, n), [f"{m} {size_label(h, n)}" for m in ("float", f"qat-{args.size_bits}")]) for h, n in size_configs(args)]  # F7
 
 
 def finding_settings(finding: str, args) -> dict:
@@ -299,7 +294,7 @@ def run_points(args) -> list[Point]:
     points = []
     for finding in FINDINGS:
         for seed in range(1 if finding == "F3" else args.seeds):
-            quantities = [(None, list(measure_f3()))] if finding == "F3" else parts(finding, args)
+            quantities = parts(finding, args)
             points += [
                 Point(finding, seed, part, [{"setup": keys[finding], "finding": finding, "quantity": q, "seed": seed} for q in qs])
                 for part, qs in quantities
@@ -408,16 +403,17 @@ def measure_f7(args, seed: int, label: str) -> dict[str, float]:
     return {f"float {label}": zoo.accuracy(zoo.float_model, mode="conv"), f"qat-{args.size_bits} {label}": zoo.accuracy(qat, mode="conv")}
 
 
+MEASURES = {  # finding -> its values at (args, seed, part)
+    "F1": lambda args, seed, part: measure_f1(args, seed),
+    "F2": lambda args, seed, part: measure_f2(args, seed),
+    "F3": lambda args, seed, part: measure_f3(),
+    "F4": measure_f4, "F5": measure_f5, "F6": measure_f6, "F7": measure_f7,
+}
+
+
 def measure(point: Point, args) -> list[dict]:
     start = time.time()
-    if point.finding == "F1":
-        values = measure_f1(args, point.seed)
-    elif point.finding == "F2":
-        values = measure_f2(args, point.seed)
-    elif point.finding == "F3":
-        values = measure_f3()
-    else:
-        values = {"F4": measure_f4, "F5": measure_f5, "F6": measure_f6, "F7": measure_f7}[point.finding](args, point.seed, point.part)
+    values = MEASURES[point.finding](args, point.seed, point.part)
     seconds = round(time.time() - start, 1)
     return [{**key, "value": values[key["quantity"]], "seconds": seconds} for key in point.keys]
 
@@ -501,12 +497,12 @@ def f3_rows(frame: pd.DataFrame) -> list[dict]:
 
 def first_bits(frame: pd.DataFrame, args) -> pd.DataFrame:
     """F4: per seed, component and method the first bits reaching float; a component that never reaches it
-    counts as one bit above the highest width tried (`reached` False)."""
+    counts as one bit above the highest width tried."""
     f4 = frame[(frame.finding == "F4") & frame.quantity.str.endswith(" first")]
     words = f4.quantity.str.split(" ", expand=True)
     table = pd.DataFrame({"seed": f4.seed.values, "method": words[0].values, "component": words[1].values, "value": f4.value.astype(float).values})
     beyond = max(args.f4_bits) + 1
-    return table.assign(reached=table.value.notna(), bits=table.value.fillna(beyond))
+    return table.assign(bits=table.value.fillna(beyond))
 
 
 def f4_rows(frame: pd.DataFrame, args) -> list[dict]:
@@ -569,12 +565,12 @@ def f6_rows(frame: pd.DataFrame, args) -> list[dict]:
     return [{"finding": "F6", "this tool": tool, "verdict": verdict, "data": data}]
 
 
-def size_table(frame: pd.DataFrame, args) -> pd.DataFrame:
+def size_table(frame: pd.DataFrame) -> pd.DataFrame:
     """F7: mean and spread (%) per model ("float", "qat-<b>"), H and N."""
     f7 = frame[frame.finding == "F7"]
     words = f7.quantity.str.extract(r"^(?P<model>\S+) H=(?P<H>\d+) N=(?P<N>\d+)$")
     rows = pd.DataFrame({"model": words.model.values, "H": words.H.astype(int).values, "N": words.N.astype(int).values,
-                         "accuracy": 100 * f7.value.astype(float).values, "seed": f7.seed.values})
+                         "accuracy": 100 * f7.value.astype(float).values})
     return rows.groupby(["model", "H", "N"]).accuracy.agg(["mean", "std"]).fillna(0.0).reset_index()
 
 
@@ -613,7 +609,7 @@ def f7_rows(frame: pd.DataFrame, args) -> list[dict]:
     verdict = ("reproduced" if not failed else "partly reproduced" if held else "not reproduced") + f": {', '.join(held) or 'none'} hold"
     if failed:
         verdict += f"; {', '.join(failed)} not (criterion: a rise above one standard error; on {args.dataset}, not the paper's sCIFAR)"
-    table, qat = size_table(frame, args), f"qat-{args.size_bits}"
+    table, qat = size_table(frame), f"qat-{args.size_bits}"
 
     def series(axis: str, model: str) -> pd.Series:
         fixed = {"N": ("H", args.d_model), "H": ("N", args.d_state)}[axis]  # the preset's sizes: the other axis
@@ -688,7 +684,7 @@ def plot_f6(frame, args, path) -> None:
 
 
 def plot_f7(frame, args, path) -> None:
-    table = size_table(frame, args)
+    table = size_table(frame)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, axis, fixed, value in ((axes[0], "N", "H", args.d_model), (axes[1], "H", "N", args.d_state)):
         rows = table[table[fixed] == value]

@@ -4,15 +4,12 @@ fast scan and step give the plain ones' outputs bit for bit, and so does the ste
 import pytest
 import torch
 from aihwkit.simulator.parameters import IOParameters
+from test_sequence_reads import CLIPPING, H, L, N
+from test_sequence_reads import fused_kernel as calibrated_kernel
 
-from aimc_ssm.analog.deploy import program
-from aimc_ssm.analog.devices import load_device
-from aimc_ssm.analog.kernel import FusedS4D, StaticScan
+from aimc_ssm.analog.kernel import StaticScan
 from aimc_ssm.analog.mvm import bound_management_attempts, bound_management_gives_up
-from aimc_ssm.core.s4d import S4D
 
-H, N, L = 3, 6, 24
-CLIPPING = {"adc_bits": 6, "adc_range": 0.5, "out_noise": 0.05, "forward.bound_management": "iterative"}
 SETTINGS = {
     "pcm": ("pcm", {}, {}),
     "ideal": ("ideal", {}, {}),
@@ -35,14 +32,7 @@ def inputs():
 
 def fused_kernel(inputs, setting, reads, mapping="balanced"):
     device, overrides, options = SETTINGS[setting]
-    torch.manual_seed(0)
-    ssm = S4D(H, N).eval()
-    with torch.no_grad():
-        ssm.log_dt.fill_(-2.5)
-    fused = FusedS4D(ssm, load_device(device, **overrides), reads=reads, **options)
-    fused.calibrate(inputs, mapping)
-    program(fused, 3600.0)
-    return fused
+    return calibrated_kernel(inputs, overrides, options, reads, device=device, mapping=mapping)
 
 
 def seeded(fn, *args):

@@ -82,14 +82,14 @@ def test_a_rounding_calibrating_its_ranges_leaves_the_values_and_observes_them()
     torch.testing.assert_close(quantizer.parts.hi, values.amax(dim=(1, 3)), rtol=0, atol=0)  # (planes, channels)
 
 
-def float64_layer(spec, d_model: int, d_state: int, seed: int, calibration_length: int):
-    """The S4D layer of a float64 model quantized with `spec` (calibrated in recurrent mode when its ranges
+def quantized_layer(spec, d_model: int, d_state: int, seed: int, calibration_length: int, dtype=torch.float64):
+    """The S4D layer of a model in `dtype` quantized with `spec` (calibrated in recurrent mode when its ranges
     are static), and the generator that drew the calibration, for the test's own inputs."""
     torch.manual_seed(0)
-    model = quantize_(S4DModel(ModelConfig(d_model=d_model, d_state=d_state)).double(), spec).eval()
+    model = quantize_(S4DModel(ModelConfig(d_model=d_model, d_state=d_state)).to(dtype), spec).eval()
     g = torch.Generator().manual_seed(seed)
     if spec.static():
-        calibrate(model, [torch.randn(4, calibration_length, 1, generator=g, dtype=torch.float64)], "recurrent")
+        calibrate(model, [torch.randn(4, calibration_length, 1, generator=g, dtype=dtype)], "recurrent")
     return model.blocks[0].ssm, g
 
 
@@ -98,7 +98,7 @@ def test_the_benchmarks_settings_round_as_the_reference(ranges, partial_products
     """The benchmark's spec (8-bit weights, a 16-bit state) on a small layer: in float64 the twins' outputs
     differ only by the order of y's sum over modes (1e-16), a different rounding of the state by a 16-bit step."""
     spec = PrecisionSpec.channel_asym(8, 16, ranges=ranges).replace(partial_products=partial_products)
-    ssm, g = float64_layer(spec, d_model=4, d_state=16, seed=3, calibration_length=40)
+    ssm, g = quantized_layer(spec, d_model=4, d_state=16, seed=3, calibration_length=40)
     u = torch.randn(6, 40, 4, generator=g, dtype=torch.float64)
     with torch.no_grad():
         params = ssm.ssm_parameters()
@@ -109,7 +109,7 @@ def test_the_benchmarks_settings_round_as_the_reference(ranges, partial_products
 
 @pytest.mark.parametrize("ranges", ["static", "dynamic"])
 def test_an_initial_state_is_taken_as_the_reference_takes_it(ranges):
-    ssm, g = float64_layer(PrecisionSpec.channel_asym(8, 12, ranges=ranges), d_model=3, d_state=8, seed=5, calibration_length=32)
+    ssm, g = quantized_layer(PrecisionSpec.channel_asym(8, 12, ranges=ranges), d_model=3, d_state=8, seed=5, calibration_length=32)
     u = torch.randn(5, 20, 3, generator=g, dtype=torch.float64)
     x0 = torch.randn(5, 3, 4, generator=g, dtype=torch.complex128) * 0.3
     with torch.no_grad():
@@ -131,13 +131,8 @@ def mode_probe(C: torch.Tensor, mode: int, imaginary: bool) -> torch.Tensor:
 def test_the_fast_state_is_the_references_bit_for_bit(ranges, partial_products):
     """float32, where a product summed in another order or a fused multiply-add would move some rounding
     decision: every mode of the state, read out exactly, equals the reference's at every step."""
-    torch.manual_seed(0)
     spec = PrecisionSpec.channel_asym(8, 12, ranges=ranges).replace(partial_products=partial_products)
-    model = quantize_(S4DModel(ModelConfig(d_model=3, d_state=8)), spec).eval()
-    g = torch.Generator().manual_seed(4)
-    if spec.static():
-        calibrate(model, [torch.randn(4, 32, 1, generator=g)], "recurrent")
-    ssm = model.blocks[0].ssm
+    ssm, g = quantized_layer(spec, d_model=3, d_state=8, seed=4, calibration_length=32, dtype=torch.float32)
     u = torch.randn(64, 32, 3, generator=g) * 2
     with torch.no_grad():
         dA, dB, C, D = ssm.ssm_parameters()

@@ -27,13 +27,14 @@ def inputs():
     return torch.randn(12, L, H)
 
 
-def fused_kernel(inputs, overrides, options, reads):
+def fused_kernel(inputs, overrides, options, reads, device="pcm", mapping="balanced"):
+    """A seeded kernel on `device` with `overrides` and FusedS4D `options`, calibrated on inputs and programmed (1 h)."""
     torch.manual_seed(0)
     ssm = S4D(H, N).eval()
     with torch.no_grad():
         ssm.log_dt.fill_(-2.5)
-    fused = FusedS4D(ssm, load_device("pcm", **overrides), reads=reads, **options)
-    fused.calibrate(inputs, "balanced")
+    fused = FusedS4D(ssm, load_device(device, **overrides), reads=reads, **options)
+    fused.calibrate(inputs, mapping)
     program(fused, 3600.0)
     return fused
 
