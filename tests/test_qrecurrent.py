@@ -148,6 +148,7 @@ def run_benchmark(monkeypatch, capsys, *args) -> list[str]:
     """bench_quantized_recurrent.py on a tiny layer; the rows of its table."""
     small = ["--batch", "2", "--length", "6", "--d-model", "2", "--d-state", "4", "--ref-steps", "4", "--repeats", "1"]
     monkeypatch.setattr(sys, "argv", ["bench_quantized_recurrent.py", *small, *args])
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/x.py` puts the script's folder first
     runpy.run_path(str(ROOT / "benchmarks" / "bench_quantized_recurrent.py"), run_name="__main__")
     return [line for line in capsys.readouterr().out.splitlines() if "partial products" in line]
 
