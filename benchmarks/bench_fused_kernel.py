@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/bench_fused_kernel.py                      # batch 500, L 784, H 16, N 64, pcm
     .venv/bin/python benchmarks/bench_fused_kernel.py --ref-steps 100      # reference timed on 100 steps, scaled
-    .venv/bin/python benchmarks/bench_fused_kernel.py --compute cuda --compile-step
+    .venv/bin/python benchmarks/bench_fused_kernel.py --compute cuda --graphs --compile-step
     .venv/bin/python benchmarks/bench_fused_kernel.py --set forward.out_noise=0   # converters only, no noise draws
 
 All runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel, `CrossbarStack.step`; on a GPU
-its steps captured in CUDA graphs), with --plain its plain twin `FusedS4D.scan_plain`, with --with-mvm the
+the Triton scan where it runs the device's settings, else the steps captured in CUDA graphs, which --graphs
+also times), with --plain its plain twin `FusedS4D.scan_plain`, with --with-mvm the
 scan through aihwkit's `AnalogMVM.matmul` per step, and `FusedS4D.scan_ref`, one AnalogLinear call per
 channel and step. With --ref-steps the reference runs on the first steps of the sequence only and its time
 is scaled to the full length (the per-step cost does not depend on t).
@@ -19,7 +20,8 @@ Floors: the work no implementation of the step can skip, timed in the same run, 
            the counter-based normals of every output (`SequenceDraws.normal_`, each sequence its stream).
 The float32 floor is not reachable by per-sequence reads: their product is float64 and their normals
 are hashed, not drawn from torch's generator; the "own" floor is the one they can reach. On a GPU both
-floors are timed eagerly and as CUDA graphs of 16 steps, as the kernel runs; ratios are against the faster.
+floors are timed eagerly and as CUDA graphs of 16 steps; ratios are against the faster. The Triton scan
+keeps per-sequence reads' float64 product and hashed normals, in one kernel for the whole scan.
 """
 from __future__ import annotations
 
@@ -32,12 +34,15 @@ from common import fastest
 from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws
-from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan
+from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, triton_scan_runs
 from aimc_ssm.core.s4d import S4D
 
 
 def agreement(y: torch.Tensor, twin: torch.Tensor) -> str:
-    return "bit for bit" if torch.equal(y, twin) else f"max |difference| {(y - twin).abs().max().item():.2e}"
+    if torch.equal(y, twin):
+        return "bit for bit"
+    equal = (y == twin).double().mean().item()
+    return f"{equal:.4%} of outputs bit for bit, max |difference| {(y - twin).abs().max().item():.2e}"
 
 
 def main() -> None:
@@ -52,7 +57,8 @@ def main() -> None:
     parser.add_argument("--ref-steps", type=int, default=None, help="time the reference on this many steps and scale")
     parser.add_argument("--with-mvm", action="store_true", help="also time the scan through AnalogMVM.matmul")
     parser.add_argument("--plain", action="store_true", help="also time the plain twin (FusedS4D.scan_plain)")
-    parser.add_argument("--eager", action="store_true", help="on cuda: also time the fast step without CUDA graphs")
+    parser.add_argument("--graphs", action="store_true", help="on cuda: also time the scan as CUDA graphs of the step, without Triton")
+    parser.add_argument("--eager", action="store_true", help="on cuda: also time the fast step without CUDA graphs or Triton")
     parser.add_argument("--compile-step", action="store_true", help="on cuda: compile the step (torch.compile) before capture")
     parser.add_argument("--graph-steps", type=int, default=GRAPH_STEPS, help="on cuda: steps per CUDA graph (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -93,24 +99,36 @@ def main() -> None:
     )
     kernel.graph_steps, kernel.compile_step = args.graph_steps, args.compile_step
     steps = args.length + 1
+    triton = args.compute == "cuda" and kernel.triton and triton_scan_runs(kernel, kernel.crossbar_stack(u))
+    def compile_the_step():  # the graphed step compiled for the scan's shapes, once: its first call
+        first, _ = timed(lambda: kernel(u), 1)
+        print(f"fused kernel, first call (compiles the step): {first:8.3f} s")
+
     with torch.no_grad():
-        if not kernel.compile_step:
-            kernel(u[:, :2])  # warm-up
-        else:  # compiled for the scan's shapes, once: its first call
-            first, _ = timed(lambda: kernel(u), 1)
-            print(f"fused kernel, first call (compiles the step): {first:8.3f} s")
+        if kernel.compile_step and args.compute == "cuda" and not triton:
+            compile_the_step()
+        else:
+            kernel(u[:, :2])  # warm-up; the Triton scan compiles once for all lengths and batches
         fused, y = timed(lambda: kernel(u))
-        how = f", CUDA graphs of {kernel.graph_steps} steps{', compiled step' if kernel.compile_step else ''}" if args.compute == "cuda" else ""
+        graphs = f", CUDA graphs of {kernel.graph_steps} steps{', compiled step' if kernel.compile_step else ''}"
+        how = ", Triton scan" if triton else graphs if args.compute == "cuda" else ""
         print(f"fused kernel (execution {kernel.execution()}{how}):{' ' * max(1, 24 - len(how))}{fused:8.3f} s")
-        if args.compute == "cuda" and kernel.graph_steps > 0:
+        if args.compute == "cuda" and (args.graphs or not triton) and kernel.graph_steps > 0:
+            kernel.triton = False
+            if triton and kernel.compile_step:
+                compile_the_step()
+            if triton:
+                graphed, y_graphed = timed(lambda: kernel(u))
+                print(f"fused kernel{graphs}:{' ' * max(1, 35 - len(graphs))}{graphed:8.3f} s   ({graphed / fused:.1f}x the Triton scan; agree {agreement(y, y_graphed)})")
             scan = StaticScan(kernel, kernel.crossbar_stack(u), u)
             capture, _ = timed(lambda: scan.capture(kernel.graph_steps, kernel.compile_step), 1)  # one capture, replayed once
             replay, y_replay = timed(scan.replay, 1)
             print(f"  of which capture{' and compilation' if kernel.compile_step else ''} {capture:.3f} s, replays {replay:.3f} s (agree {agreement(y, y_replay)})")
+            kernel.triton = True
         if args.eager and args.compute == "cuda":
-            kernel.graph_steps, compiled, kernel.compile_step = 0, kernel.compile_step, False
+            kernel.triton, kernel.graph_steps, compiled, kernel.compile_step = False, 0, kernel.compile_step, False
             eager, y_eager = timed(lambda: kernel(u))
-            kernel.graph_steps, kernel.compile_step = args.graph_steps, compiled
+            kernel.triton, kernel.graph_steps, kernel.compile_step = True, args.graph_steps, compiled
             print(f"fused kernel, steps launched eagerly:           {eager:8.3f} s   ({eager / fused:.1f}x the fused kernel; agree {agreement(y, y_eager)})")
         if args.plain:
             plain, y_plain = timed(lambda: kernel.scan_plain(u))

@@ -1,7 +1,8 @@
 """Shared fixtures: `compute` (the torch devices the parity tests run on) and the study runner.
 
 `compute` is "cpu", and also "cuda" where torch sees a GPU: the parity tests of the fast paths and
-their reference twins run on every device the machine has.
+their reference twins run on every device the machine has. Without a GPU, Triton kernels run in
+Triton's interpreter.
 
 `studies` runs a script of studies/ in a subprocess, its --quick sweep on the small `digits` data set
 so that CI stays fast. Its models directory lasts the session: the float and QAT models are trained
@@ -21,6 +22,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPUTES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# without a GPU, Triton's interpreter runs the Triton scan on CPU tensors (aimc_ssm.analog.triton_scan);
+# triton reads the switch when it is first imported
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(params=COMPUTES)

@@ -27,10 +27,10 @@ def inputs():
     return torch.randn(12, L, H)
 
 
-def fused_kernel(inputs, overrides, options, reads, device="pcm", mapping="balanced"):
+def fused_kernel(inputs, overrides, options, reads, device="pcm", mapping="balanced", d_state=N):
     """A seeded kernel on `device` with `overrides` and FusedS4D `options`, calibrated on inputs and programmed (1 h)."""
     torch.manual_seed(0)
-    ssm = S4D(H, N).eval()
+    ssm = S4D(H, d_state).eval()
     with torch.no_grad():
         ssm.log_dt.fill_(-2.5)
     fused = FusedS4D(ssm, load_device(device, **overrides), reads=reads, **options)

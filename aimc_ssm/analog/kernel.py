@@ -97,7 +97,11 @@ a device tensor, captures `graph_steps` steps once in a CUDA graph and replays t
 (iterative bound management then makes its fixed number of masked attempts instead of looping while a
 read clips: the same outputs without a host decision). `compile_step` compiles the step
 (torch.compile, fusing its elementwise chains) before the capture: fewer, larger kernels, at the price
-of a compilation for each new shape of input.
+of a compilation for each new shape of input. Faster still, where it runs the settings (the shipped
+pcm and ideal devices; `triton_scan.unsupported` names what it does not run), the whole scan is one
+persistent Triton kernel (aimc_ssm.analog.triton_scan, `triton`, the default on a GPU): a program per
+crossbar and block of sequences holds its crossbar and state on chip for all steps, with the same
+draws and order of float32 operations as `StaticScan`, whose outputs it gives.
 """
 from __future__ import annotations
 
@@ -197,8 +201,9 @@ class FusedS4D(nn.Module):
             raise ValueError(f"reads must be one of {READS}, got {reads!r}")
         self.d_model, self.d_state = ssm.d_model, ssm.d_state
         self.copies, self.y_adc_range, self.reads = copies, y_adc_range, reads
-        # on a GPU: steps per captured CUDA graph (0: launch every step eagerly), and whether to compile the step
-        self.graph_steps, self.compile_step = GRAPH_STEPS, False
+        # on a GPU: whether to scan with the Triton kernel where it runs the settings (aimc_ssm.analog.triton_scan),
+        # else steps per captured CUDA graph (0: launch every step eagerly), and whether to compile the step
+        self.triton, self.graph_steps, self.compile_step = True, GRAPH_STEPS, False
         n_in, n_out = copies * (self.d_state + 2), self.d_state + 1
         config = crossbar_config(rpu_config, copies)
         check_crossbar_fits(config.mapping, n_in, n_out)
@@ -382,13 +387,18 @@ class FusedS4D(nn.Module):
 
         `scan_plain`'s outputs, bit for bit, through `CrossbarStack.step`. On a GPU the step costs
         dozens of small kernels, each a launch: with per-sequence reads (whose draws are pure functions
-        of their counters) the scan steps through `StaticScan`, `graph_steps` steps captured once in a
-        CUDA graph and replayed, with `compile_step` the step compiled (torch.compile) before capture.
+        of their counters) the scan runs as one Triton kernel (`triton` and `triton_scan_runs`), or
+        else steps through `StaticScan`, `graph_steps` steps captured once in a CUDA graph and
+        replayed, with `compile_step` the step compiled (torch.compile) before capture.
         reference_mvm: step with aihwkit's AnalogMVM.matmul (`CrossbarStack.step_ref`), as `scan_plain`.
         """
         if reference_mvm:
             return self.scan_plain(u, reference_mvm=True)
         stack = self.crossbar_stack(u)
+        if u.is_cuda and self.triton and triton_scan_runs(self, stack):
+            from .triton_scan import fused_scan
+
+            return fused_scan(self, stack, u)
         scan = StaticScan(self, stack, u)
         if u.is_cuda and stack.draws.per_sequence and self.graph_steps > 0:
             scan.capture(self.graph_steps, self.compile_step)
@@ -446,6 +456,15 @@ class FusedS4D(nn.Module):
             f"H={self.d_model}, N={N}, crossbar={self.copies * (N + 2)}x{N + 1}, copies={self.copies}, "
             f"y_adc_range={self.y_adc_range}, mapping={self.mapping}, execution={self.execution()}, reads={self.reads}"
         )
+
+
+def triton_scan_runs(kernel: FusedS4D, stack: CrossbarStack) -> bool:
+    """Whether triton is installed and its scan (aimc_ssm.analog.triton_scan) runs these settings."""
+    try:
+        from .triton_scan import unsupported
+    except ImportError:  # a torch build without triton: StaticScan
+        return False
+    return unsupported(kernel, stack) is None
 
 
 def fused_layers(model) -> list[FusedS4D]:

@@ -1,0 +1,296 @@
+"""The fused kernel's whole scan as one persistent Triton kernel: every crossbar's state stays on chip.
+
+`FusedS4D.scan` on a GPU is a few dozen small torch kernels per step, so its cost is their launches
+(CUDA graphs and a compiled step reduce, not remove them). `fused_scan` instead launches one program
+per crossbar and block of sequences, which loads its crossbar once and runs all L + 1 steps in a loop:
+input range and DAC, the product, output noise, ADC, the periphery's scales and the state register,
+in registers, reading only u_t and writing only y_{t-1} each step.
+
+It computes what `fused_scan_ref` (the fast step `StaticScan.run`, itself `FusedS4D.scan_plain`'s
+outputs) computes, in the same order of float32 operations, with the same per-sequence noise:
+  draws     the counter-based normals of `aimc_ssm.analog.draws`, hashed in the kernel from the same
+            per-step tables (`SequenceDraws.table`) and lanes, Box-Muller with CUDA's logf, cosf, sinf
+            (libdevice, as torch's kernels call them) and correctly rounded sqrt and division.
+  scalars   a division by a Python scalar is torch's on CUDA: a multiplication by the float32 reciprocal;
+            rounding is round-half-even; no fused multiply-adds (`enable_fp_fusion=False`).
+  product   float64, as per-sequence reads accumulate it, rounded to float32. Copies share their inputs
+            (no input noise, deterministic DAC), so the kernel sums their weights first. The float64
+            sums run in another order than cuBLAS's and round to another float32 once in millions of
+            products; where that lands on an ADC decision a level differs, and the recurrence carries it.
+So outputs agree with the twin to the last bit but for those rare roundings (tests/test_triton_scan.py
+measures the fraction). A sequence's block holds other sequences only as independent rows of the
+product: its outputs do not depend on its batch-mates (tests).
+
+Scope (`unsupported` says why a kernel is not run): per-sequence reads on pure-PyTorch tiles, a perfect
+forward or converters without noise or bound management (the shipped pcm device's settings), no input
+noise, deterministic rounding, no PTQ/QAT state quantizer; one or two column groups (y_adc_range), any
+copies, any mapping. Everything else runs `StaticScan`.
+
+On CPU tensors, with TRITON_INTERPRET=1 set before triton is imported, Triton's interpreter runs the same
+kernel in numpy: how the tests check its semantics without a GPU (numpy's log and cosine then stand in
+for libdevice's).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from .draws import FMIX, LANE_STRIDE
+from .mvm import converter_step
+
+INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+if not INTERPRETED:
+    from triton.language.extra import libdevice
+BLOCK_B = 16  # sequences per program: the smallest tile of a Triton dot, and the fastest (measured on an H200)
+
+
+def num_warps(modes: int) -> int:
+    """Warps per program for a state tile of `modes` (a power of two): 4 up to 64 modes, then 8, so that
+    the float64 state block the program holds for all its steps stays in registers (on an H200 the
+    faster choice at 64 and at 128 modes)."""
+    return 4 if modes <= 64 else 8
+TWO_PI: tl.constexpr = tl.constexpr(2 * math.pi)
+ROUNDING: tl.constexpr = tl.constexpr(2.0**23)  # x + 2^23 - 2^23 rounds |x| < 2^23 to an integer, half to even
+FMIX0: tl.constexpr = tl.constexpr(FMIX[0])
+FMIX1: tl.constexpr = tl.constexpr(FMIX[1])
+LANE: tl.constexpr = tl.constexpr(LANE_STRIDE)
+
+
+@triton.jit
+def _log(x):
+    if INTERPRETED:
+        return tl.log(x)
+    else:
+        return libdevice.log(x)  # CUDA's logf, as torch's log kernel (tl.log is an approximation)
+
+
+@triton.jit
+def _cos_sin(x):
+    if INTERPRETED:
+        return tl.cos(x), tl.sin(x)
+    else:
+        return libdevice.cos(x), libdevice.sin(x)
+
+
+@triton.jit
+def _round_half_even(x):
+    """torch.round: to the nearest integer, ties to even; exact IEEE arithmetic without fused operations."""
+    a = tl.abs(x)
+    r = tl.where(a < ROUNDING, (a + ROUNDING) - ROUNDING, a)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _hash32(x):
+    """`draws.hash32` on uint32: MurmurHash3's finalizer."""
+    x = x ^ (x >> 16)
+    x = x * FMIX0
+    x = x ^ (x >> 13)
+    x = x * FMIX1
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _normal(base, h, column, PAIRS: tl.constexpr):
+    """`SequenceDraws.normal_` of `column` of crossbar h in a read of 2·PAIRS lanes: base (B, 1) uint32,
+    column (1, C) int32 -> (B, C) float32. Column c < PAIRS is the cosine half of pair c, the others the
+    sine half of pair c - PAIRS."""
+    cosine = column < PAIRS
+    pair = tl.where(cosine, column, column - PAIRS)
+    lane = h * 2 * PAIRS + pair  # the radius's lane; the angle's is PAIRS further
+    radius_bits = _hash32(base + lane.to(tl.uint32) * LANE)
+    angle_bits = _hash32(base + (lane + PAIRS).to(tl.uint32) * LANE)
+    radius = (((radius_bits >> 8) & 0xFFFFFF).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2^-24
+    radius = tl.sqrt_rn(_log(radius) * -2.0)
+    angle = (((angle_bits >> 8) & 0xFFFFFF).to(tl.float32) * 5.9604644775390625e-08) * TWO_PI
+    cos, sin = _cos_sin(angle)
+    return radius * tl.where(cosine, cos, sin)
+
+
+@triton.jit
+def _dac(x, r, inv_res, res, bound, HAS_RANGE: tl.constexpr, DAC: tl.constexpr, CLIP: tl.constexpr):
+    """Input range (clip to ±r, divide by r), DAC rounding and its bound, as `CrossbarStack.step_once`/`read_`."""
+    if HAS_RANGE:
+        x = tl.div_rn(tl.minimum(tl.maximum(x, -r), r), r)
+    if DAC:
+        x = _round_half_even(x * inv_res) * res
+    if CLIP:
+        x = tl.minimum(tl.maximum(x, -bound), bound)
+    return x
+
+
+@triton.jit
+def _adc(x, inv_res, res, bound, ADC: tl.constexpr, CLIP: tl.constexpr):
+    if ADC:
+        x = _round_half_even(x * inv_res) * res
+    if CLIP:
+        x = tl.minimum(tl.maximum(x, -bound), bound)
+    return x
+
+
+@triton.jit
+def _scan_kernel(
+    u_ptr,  # (L+1, H, B) float32, time-major, u_L = 0
+    y_ptr,  # (L, H, B) float32: y_t
+    w_ptr,  # (H, N+2, N+1) float64: rows [u_t, x_{t-1}, u_{t-1}], columns [x_t, y_{t-1}], copies summed
+    range_ptr,  # (H,) float32 DAC ranges r_h
+    factor_ptr,  # (F, H, N+1) float32: the periphery's factors per column, applied in order
+    strength_ptr,  # (H, N+1) float32: output-noise std per column
+    state_table_ptr, y_table_ptr,  # (L+1, B) int32: every sequence's draw base per step, of each column group
+    steps, B, H,
+    in_inv_res, in_res, in_bound,
+    state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
+    N: tl.constexpr, NP: tl.constexpr, FACTORS: tl.constexpr,
+    STATE_PAIRS: tl.constexpr, Y_PAIRS: tl.constexpr, Y_COLUMN: tl.constexpr,
+    HAS_RANGE: tl.constexpr, DAC: tl.constexpr, IN_CLIP: tl.constexpr,
+    NOISE: tl.constexpr, ADC: tl.constexpr, OUT_CLIP: tl.constexpr, INCREMENTAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    h = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) sequences
+    live = rows < B
+    n = tl.arange(0, NP)  # state modes, padded to a power of two
+    mode = n < N
+    # the crossbar, once: (NP, NP) state block, the u_t and u_{t-1} rows, and the y column
+    w = w_ptr + h * (N + 2) * (N + 1)
+    w_state = tl.load(w + (1 + n[:, None]) * (N + 1) + n[None, :], mask=mode[:, None] & mode[None, :], other=0.0)
+    w_u = tl.load(w + n, mask=mode, other=0.0)
+    w_u_prev = tl.load(w + (N + 1) * (N + 1) + n, mask=mode, other=0.0)
+    w_y = tl.load(w + (1 + n) * (N + 1) + N, mask=mode, other=0.0)
+    w_y_u = tl.load(w + N)
+    w_y_u_prev = tl.load(w + (N + 1) * (N + 1) + N)
+    r = 1.0
+    if HAS_RANGE:
+        r = tl.load(range_ptr + h)
+    column = n[None, :]
+    x = tl.zeros((BLOCK, NP), tl.float32)  # the state register x_{t-1}, mapped
+    u_prev = tl.zeros((BLOCK,), tl.float32)
+    t = 0
+    while t < steps:
+        u_t = tl.load(u_ptr + (t * H + h) * B + rows, mask=live, other=0.0)
+        x_in = _dac(x, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
+        u_in = _dac(u_t, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
+        u_prev_in = _dac(u_prev, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
+        read = tl.dot(x_in, w_state) + u_in[:, None] * w_u[None, :] + u_prev_in[:, None] * w_u_prev[None, :]
+        read = read.to(tl.float32)  # (BLOCK, NP): x_t, or its increment
+        y = (tl.sum(x_in * w_y[None, :], axis=1) + u_in * w_y_u + u_prev_in * w_y_u_prev).to(tl.float32)  # y_{t-1}
+        if NOISE:
+            state_base = tl.load(state_table_ptr + t * B + rows, mask=live, other=0).to(tl.uint32, bitcast=True)
+            y_base = tl.load(y_table_ptr + t * B + rows, mask=live, other=0).to(tl.uint32, bitcast=True)
+            strength = tl.load(strength_ptr + h * (N + 1) + n, mask=mode, other=0.0)
+            read = read + _normal(state_base[:, None], h, column, STATE_PAIRS) * strength[None, :]
+            y_noise = _normal(y_base[:, None], h, tl.full((1, 1), Y_COLUMN, tl.int32), Y_PAIRS)
+            y = y + tl.sum(y_noise, axis=1) * tl.load(strength_ptr + h * (N + 1) + N)
+        read = _adc(read, state_inv_res, state_res, state_bound, ADC, OUT_CLIP)
+        y = _adc(y, y_inv_res, y_res, y_bound, ADC, OUT_CLIP)
+        for f in tl.static_range(FACTORS):
+            factors = factor_ptr + (f * H + h) * (N + 1)
+            read = read * tl.load(factors + n, mask=mode, other=0.0)[None, :]
+            y = y * tl.load(factors + N)
+        if INCREMENTAL:
+            x = x + read
+        else:
+            x = read
+        tl.store(y_ptr + ((t - 1) * H + h) * B + rows, y, mask=live & (t > 0))  # y_{-1} is dropped
+        u_prev = u_t
+        t += 1
+
+
+def unsupported(kernel, stack) -> str | None:
+    """Why `fused_scan` cannot run this kernel's scan (module docstring), or None where it can."""
+    from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType
+
+    io = stack.io
+    if not stack.draws.per_sequence:
+        return "batched reads draw from torch's stream"
+    if kernel.state_quantizer is not None:
+        return "a PTQ/QAT state quantizer"
+    if len(stack.groups) > 2:
+        return "more than two column groups"
+    if io.is_perfect:
+        return None
+    if io.noise_management != NoiseManagementType.NONE or io.bound_management != BoundManagementType.NONE:
+        return "noise or bound management"
+    if io.inp_noise > 0 or io.inp_sto_round or io.out_sto_round:
+        return "input noise or stochastic rounding"
+    if io.out_scale != 1.0:
+        return "an out_scale other than 1"
+    return None
+
+
+def scalar_pair(step: float) -> tuple[float, float]:
+    """(float32 reciprocal, float32 step) of a converter step: torch divides a float32 tensor by a Python
+    scalar on CUDA as a multiplication by the float32 reciprocal, and multiplies by the float32 step."""
+    res = np.float32(step)
+    return float(np.float32(1.0) / res), float(res)
+
+
+@torch.no_grad()
+def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
+    """u (B, L, H) -> y (B, L, H): `fused_scan_ref`'s scan as one Triton kernel (module docstring).
+    stack: `kernel.crossbar_stack(u)`, whose reads are per sequence; `unsupported` must be None."""
+    reason = unsupported(kernel, stack)
+    if reason is not None:
+        raise ValueError(f"the Triton scan does not run {reason}; use StaticScan (FusedS4D.scan chooses)")
+    if not (u.is_cuda or INTERPRETED):
+        raise ValueError(
+            "the Triton scan runs on CUDA tensors; on CPU tensors only in Triton's interpreter (TRITON_INTERPRET=1 "
+            "before triton is imported), and FusedS4D.scan runs StaticScan there"
+        )
+    B, L, H = u.shape
+    N, k = kernel.d_state, kernel.copies
+    steps = L + 1
+    u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()  # (L+1, H, B)
+    weight = stack.weight.permute(0, 2, 1).double()  # (H, k·(N+2), N+1), as the per-sequence product reads it
+    weight = weight.reshape(H, k, N + 2, N + 1).sum(dim=1).contiguous()  # copies read the same inputs
+    factors = [stack.scale] + [f for f in (stack.drift_alpha, stack.out_scale) if f is not None]
+    factors = torch.stack([f.expand(H, 1, N + 1)[:, 0] for f in factors]).float().contiguous()  # (F, H, N+1)
+    strength = torch.zeros(H, N + 1, device=u.device)
+    groups = stack.groups
+    for group in groups:
+        if group.out_noise_values is not None:
+            strength[:, group.columns] = group.out_noise_values[:, 0]
+        else:
+            strength[:, group.columns] = group.io.out_noise  # rounded to float32, as torch rounds the scalar
+    io, y_io = groups[0].io, groups[-1].io
+    noise = not io.is_perfect and (io.out_noise > 0 or stack.out_noise_values is not None)
+    draws = stack.draws
+    draws.prepare(steps)
+    tables = [draws.table(0, "output_noise", i) for i in range(len(groups))]
+    two_groups = len(groups) == 2
+    state_columns = N if two_groups else N + 1
+    y = u.new_empty(L, H, B)
+    perfect = io.is_perfect
+    in_step = converter_step(io.inp_res, io.inp_bound) if not perfect and io.inp_res > 0 else 1.0
+    state_step = converter_step(io.out_res, io.out_bound) if not perfect and io.out_res > 0 else 1.0
+    y_step = converter_step(y_io.out_res, y_io.out_bound) if not perfect and y_io.out_res > 0 else 1.0
+    ranges = stack.input_range.reshape(H).float().contiguous() if stack.input_range is not None else factors
+    grid = (H, triton.cdiv(B, BLOCK_B))
+    modes = max(16, triton.next_power_of_2(N))  # the state tile: a power of two, at least a dot's 16
+    _scan_kernel[grid](
+        u_steps, y, weight, ranges, factors, strength, tables[0], tables[-1],
+        steps, B, H,
+        *scalar_pair(in_step), float(io.inp_bound),
+        *scalar_pair(state_step), float(io.out_bound), *scalar_pair(y_step), float(y_io.out_bound),
+        N=N, NP=modes, FACTORS=factors.shape[0],
+        STATE_PAIRS=(state_columns + 1) // 2, Y_PAIRS=1 if two_groups else (N + 2) // 2, Y_COLUMN=0 if two_groups else N,
+        HAS_RANGE=stack.input_range is not None, DAC=not perfect and io.inp_res > 0, IN_CLIP=not perfect and io.inp_bound > 0,
+        NOISE=noise, ADC=not perfect and io.out_res > 0, OUT_CLIP=not perfect and io.out_bound > 0,
+        INCREMENTAL=kernel.incremental, BLOCK=BLOCK_B, num_warps=num_warps(modes),
+        enable_fp_fusion=False,  # torch's elementwise kernels multiply and add apart
+    )
+    return y.permute(2, 0, 1).contiguous()  # (B, L, H); contiguous as StaticScan's outputs
+
+
+@torch.no_grad()
+def fused_scan_ref(kernel, stack, u: torch.Tensor) -> torch.Tensor:
+    """Twin of `fused_scan`: `StaticScan`'s steps, eagerly."""
+    from .kernel import StaticScan
+
+    return StaticScan(kernel, stack, u).run()
