@@ -81,3 +81,8 @@ def test_the_kernel_scans_with_triton_on_a_gpu_and_with_its_steps_elsewhere(inpu
     expected = fused_scan if DEVICE.type == "cuda" else fused_scan_ref
     torch.manual_seed(3)  # the draws' keys mix in torch's seed
     assert torch.equal(y, expected(fused, fused.crossbar_stack(u), u))
+
+
+def test_a_state_too_large_for_a_programs_registers_is_refused(inputs):
+    fused = fused_kernel(inputs, {}, {}, "per-sequence", d_state=130)
+    assert unsupported(fused, fused.crossbar_stack(inputs)) == "a state of more than 128 modes"

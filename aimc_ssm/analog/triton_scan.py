@@ -23,8 +23,8 @@ product: its outputs do not depend on its batch-mates (tests).
 
 Scope (`unsupported` says why a kernel is not run): per-sequence reads on pure-PyTorch tiles, a perfect
 forward or converters without noise or bound management (the shipped pcm device's settings), no input
-noise, deterministic rounding, no PTQ/QAT state quantizer; one or two column groups (y_adc_range), any
-copies, any mapping. Everything else runs `StaticScan`.
+noise, deterministic rounding, no PTQ/QAT state quantizer, up to 128 state modes; one or two column
+groups (y_adc_range), any copies, any mapping. Everything else runs `StaticScan`.
 
 On CPU tensors, with TRITON_INTERPRET=1 set before triton is imported, Triton's interpreter runs the same
 kernel in numpy: how the tests check its semantics without a GPU (numpy's log and cosine then stand in
@@ -47,6 +47,7 @@ from .mvm import converter_step
 INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 if not INTERPRETED:
     from triton.language.extra import libdevice
+MAX_MODES = 128  # a program holds its crossbar's float64 state block in registers: up to 128 x 128
 BLOCK_B = 16  # sequences per program: the smallest tile of a Triton dot, and the fastest (measured on an H200)
 
 
@@ -171,7 +172,7 @@ def _scan_kernel(
     column = n[None, :]
     x = tl.zeros((BLOCK, NP), tl.float32)  # the state register x_{t-1}, mapped
     u_prev = tl.zeros((BLOCK,), tl.float32)
-    t = 0
+    t = tl.full((), 0, tl.int64)  # offsets of long scans pass 2^31
     while t < steps:
         u_t = tl.load(u_ptr + (t * H + h) * B + rows, mask=live, other=0.0)
         x_in = _dac(x, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
@@ -213,6 +214,8 @@ def unsupported(kernel, stack) -> str | None:
         return "a PTQ/QAT state quantizer"
     if len(stack.groups) > 2:
         return "more than two column groups"
+    if kernel.d_state > MAX_MODES:
+        return f"a state of more than {MAX_MODES} modes"
     if io.is_perfect:
         return None
     if io.noise_management != NoiseManagementType.NONE or io.bound_management != BoundManagementType.NONE:
