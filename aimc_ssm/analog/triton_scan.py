@@ -115,11 +115,9 @@ def _normal(base, h, column, PAIRS: tl.constexpr):
 
 
 @triton.jit
-def _dac(x, r, inv_res, res, bound, HAS_RANGE: tl.constexpr, DAC: tl.constexpr, CLIP: tl.constexpr):
-    """Input range (clip to ±r, divide by r), DAC rounding and its bound, as `CrossbarStack.step_once`/`read_`."""
-    if HAS_RANGE:
-        x = tl.div_rn(tl.minimum(tl.maximum(x, -r), r), r)
-    if DAC:
+def _convert(x, inv_res, res, bound, ROUND: tl.constexpr, CLIP: tl.constexpr):
+    """A converter (DAC or ADC) as `CrossbarStack.read_` runs it: rounding onto its steps, then its bound."""
+    if ROUND:
         x = _round_half_even(x * inv_res) * res
     if CLIP:
         x = tl.minimum(tl.maximum(x, -bound), bound)
@@ -127,12 +125,11 @@ def _dac(x, r, inv_res, res, bound, HAS_RANGE: tl.constexpr, DAC: tl.constexpr, 
 
 
 @triton.jit
-def _adc(x, inv_res, res, bound, ADC: tl.constexpr, CLIP: tl.constexpr):
-    if ADC:
-        x = _round_half_even(x * inv_res) * res
-    if CLIP:
-        x = tl.minimum(tl.maximum(x, -bound), bound)
-    return x
+def _dac(x, r, inv_res, res, bound, HAS_RANGE: tl.constexpr, DAC: tl.constexpr, CLIP: tl.constexpr):
+    """The input range (clip to ±r, divide by r: `CrossbarStack.step_once`), then the DAC."""
+    if HAS_RANGE:
+        x = tl.div_rn(tl.minimum(tl.maximum(x, -r), r), r)
+    return _convert(x, inv_res, res, bound, DAC, CLIP)
 
 
 @triton.jit
@@ -188,8 +185,8 @@ def _scan_kernel(
             read = read + _normal(state_base[:, None], h, column, STATE_PAIRS) * strength[None, :]
             y_noise = _normal(y_base[:, None], h, tl.full((1, 1), Y_COLUMN, tl.int32), Y_PAIRS)
             y = y + tl.sum(y_noise, axis=1) * tl.load(strength_ptr + h * (N + 1) + N)
-        read = _adc(read, state_inv_res, state_res, state_bound, ADC, OUT_CLIP)
-        y = _adc(y, y_inv_res, y_res, y_bound, ADC, OUT_CLIP)
+        read = _convert(read, state_inv_res, state_res, state_bound, ADC, OUT_CLIP)
+        y = _convert(y, y_inv_res, y_res, y_bound, ADC, OUT_CLIP)
         for f in tl.static_range(FACTORS):
             factors = factor_ptr + (f * H + h) * (N + 1)
             read = read * tl.load(factors + n, mask=mode, other=0.0)[None, :]
