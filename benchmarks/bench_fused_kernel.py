@@ -100,6 +100,7 @@ def main() -> None:
     kernel.graph_steps, kernel.compile_step = args.graph_steps, args.compile_step
     steps = args.length + 1
     triton = args.compute == "cuda" and kernel.triton and triton_scan_runs(kernel, kernel.crossbar_stack(u))
+
     def compile_the_step():  # the graphed step compiled for the scan's shapes, once: its first call
         first, _ = timed(lambda: kernel(u), 1)
         print(f"fused kernel, first call (compiles the step): {first:8.3f} s")
@@ -108,7 +109,7 @@ def main() -> None:
         if kernel.compile_step and args.compute == "cuda" and not triton:
             compile_the_step()
         else:
-            kernel(u[:, :2])  # warm-up; the Triton scan compiles once for all lengths and batches
+            kernel(u[:, :2])  # warm-up, in which the Triton scan compiles for these settings
         fused, y = timed(lambda: kernel(u))
         graphs = f", CUDA graphs of {kernel.graph_steps} steps{', compiled step' if kernel.compile_step else ''}"
         how = ", Triton scan" if triton else graphs if args.compute == "cuda" else ""

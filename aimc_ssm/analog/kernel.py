@@ -101,7 +101,8 @@ of a compilation for each new shape of input. Faster still, where it runs the se
 pcm and ideal devices; `triton_scan.unsupported` names what it does not run), the whole scan is one
 persistent Triton kernel (aimc_ssm.analog.triton_scan, `triton`, the default on a GPU): a program per
 crossbar and block of sequences holds its crossbar and state on chip for all steps, with the same
-draws and order of float32 operations as `StaticScan`, whose outputs it gives.
+draws and order of float32 operations as `StaticScan`, whose outputs it gives bit for bit but where
+its float64 product rounds to another float32 (rare: that module's docstring).
 """
 from __future__ import annotations
 
@@ -385,7 +386,8 @@ class FusedS4D(nn.Module):
     def scan(self, u: torch.Tensor, reference_mvm: bool = False) -> torch.Tensor:
         """All crossbars and the whole batch advance in one vectorized step: u (B, L, H) -> y (B, L, H).
 
-        `scan_plain`'s outputs, bit for bit, through `CrossbarStack.step`. On a GPU the step costs
+        `scan_plain`'s outputs, bit for bit, through `CrossbarStack.step` (the Triton scan: but for
+        its rare float64 roundings, aimc_ssm.analog.triton_scan). On a GPU the step costs
         dozens of small kernels, each a launch: with per-sequence reads (whose draws are pure functions
         of their counters) the scan runs as one Triton kernel (`triton` and `triton_scan_runs`), or
         else steps through `StaticScan`, `graph_steps` steps captured once in a CUDA graph and

@@ -3,32 +3,41 @@
 `FusedS4D.scan` on a GPU is a few dozen small torch kernels per step, so its cost is their launches
 (CUDA graphs and a compiled step reduce, not remove them). `fused_scan` instead launches one program
 per crossbar and block of sequences, which loads its crossbar once and runs all L + 1 steps in a loop:
-input range and DAC, the product, output noise, ADC, the periphery's scales and the state register,
-in registers, reading only u_t and writing only y_{t-1} each step.
+input range, noise management, DAC, the product, output noise, ADC, bound management, the periphery's
+scales and the state register, in registers, reading only u_t and writing only y_{t-1} each step.
 
 It computes what `fused_scan_ref` (the fast step `StaticScan.run`, itself `FusedS4D.scan_plain`'s
 outputs) computes, in the same order of float32 operations, with the same per-sequence noise:
   draws     the counter-based normals of `aimc_ssm.analog.draws`, hashed in the kernel from the same
-            per-step tables (`SequenceDraws.table`) and lanes, Box-Muller with CUDA's logf, cosf, sinf
-            (libdevice, as torch's kernels call them) and correctly rounded sqrt and division.
+            tables (`SequenceDraws.table`, per attempt, column group and step) and lanes, Box-Muller
+            with CUDA's logf, cosf, sinf (libdevice, as torch's kernels call them) and correctly rounded
+            sqrt and division.
   scalars   a division by a Python scalar is torch's on CUDA: a multiplication by the float32 reciprocal;
-            rounding is round-half-even; no fused multiply-adds (`enable_fp_fusion=False`).
+            1 / tensor is torch's reciprocal, a correctly rounded division; rounding is round-half-even;
+            no fused multiply-adds (`enable_fp_fusion=False`).
+  managed   noise management scales each vector by its largest entry (abs max, max) or a constant; iterative
+            bound management repeats, per sequence and crossbar, the reads that clipped at half the input
+            scale, each attempt with its own draws, until the last attempt takes every vector (a block
+            stops once none of its vectors is pending: later attempts would change none of its outputs).
   product   float64, as per-sequence reads accumulate it, rounded to float32. Copies share their inputs
             (no input noise, deterministic DAC), so the kernel sums their weights first. The float64
-            sums run in another order than cuBLAS's and round to another float32 once in millions of
-            products; where that lands on an ADC decision a level differs, and the recurrence carries it.
-So outputs agree with the twin to the last bit but for those rare roundings (tests/test_triton_scan.py
-measures the fraction). A sequence's block holds other sequences only as independent rows of the
-product: its outputs do not depend on its batch-mates (tests).
+            sums run in another order than cuBLAS's and can round to another float32, about once in
+            2^23 products; where that lands on an ADC decision a level differs, and the recurrence carries it.
+So outputs agree with the twin to the last bit but for those rare roundings (benchmarks/bench_fused_kernel.py
+prints the fraction of equal outputs; the tests hold them equal). A sequence's block holds other
+sequences only as independent rows of the product: its outputs do not depend on its batch-mates (tests).
 
-Scope (`unsupported` says why a kernel is not run): per-sequence reads on pure-PyTorch tiles, a perfect
-forward or converters without noise or bound management (the shipped pcm device's settings), no input
-noise, deterministic rounding, no PTQ/QAT state quantizer, up to 128 state modes; one or two column
-groups (y_adc_range), any copies, any mapping. Everything else runs `StaticScan`.
+Scope (`unsupported` says why a kernel is not run): per-sequence reads on pure-PyTorch tiles, with what
+their fast step runs (`mvm.fast_path_supports`: noise management none, constant, abs max or max, bound
+management none or iterative), no input noise, deterministic rounding, out_scale 1, no PTQ/QAT state
+quantizer, up to 128 state modes; one or two column groups (y_adc_range), any copies, any mapping, output
+noise per column or not. Everything else runs `StaticScan`.
 
 On CPU tensors, with TRITON_INTERPRET=1 set before triton is imported, Triton's interpreter runs the same
-kernel in numpy: how the tests check its semantics without a GPU (numpy's log and cosine then stand in
-for libdevice's).
+kernel in numpy: how the tests check its semantics without a GPU. There numpy's log and cosine stand in
+for libdevice's, and torch divides by a Python scalar truly where the kernel multiplies by the
+reciprocal (CUDA's choice): rounding onto a converter's steps hides that last bit but at an exact tie,
+so the interpreter checks the order of operations, and a GPU run checks the CUDA arithmetic.
 """
 from __future__ import annotations
 
@@ -42,7 +51,7 @@ import triton.language as tl
 from torch import nn
 
 from .draws import FMIX, LANE_STRIDE
-from .mvm import converter_step
+from .mvm import bound_management_attempts, converter_step
 
 INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 if not INTERPRETED:
@@ -50,17 +59,18 @@ if not INTERPRETED:
 MAX_MODES = 128  # a program holds its crossbar's float64 state block in registers: up to 128 x 128
 BLOCK_B = 16  # sequences per program: the smallest tile of a Triton dot, and the fastest (measured on an H200)
 
+TWO_PI: tl.constexpr = tl.constexpr(2 * math.pi)
+ROUNDING: tl.constexpr = tl.constexpr(2.0**23)  # x + 2^23 - 2^23 rounds |x| < 2^23 to an integer, half to even
+FMIX0: tl.constexpr = tl.constexpr(FMIX[0])
+FMIX1: tl.constexpr = tl.constexpr(FMIX[1])
+LANE: tl.constexpr = tl.constexpr(LANE_STRIDE)
+
 
 def num_warps(modes: int) -> int:
     """Warps per program for a state tile of `modes` (a power of two): 4 up to 64 modes, then 8, so that
     the float64 state block the program holds for all its steps stays in registers (on an H200 the
     faster choice at 64 and at 128 modes)."""
     return 4 if modes <= 64 else 8
-TWO_PI: tl.constexpr = tl.constexpr(2 * math.pi)
-ROUNDING: tl.constexpr = tl.constexpr(2.0**23)  # x + 2^23 - 2^23 rounds |x| < 2^23 to an integer, half to even
-FMIX0: tl.constexpr = tl.constexpr(FMIX[0])
-FMIX1: tl.constexpr = tl.constexpr(FMIX[1])
-LANE: tl.constexpr = tl.constexpr(LANE_STRIDE)
 
 
 @triton.jit
@@ -125,11 +135,37 @@ def _convert(x, inv_res, res, bound, ROUND: tl.constexpr, CLIP: tl.constexpr):
 
 
 @triton.jit
-def _dac(x, r, inv_res, res, bound, HAS_RANGE: tl.constexpr, DAC: tl.constexpr, CLIP: tl.constexpr):
-    """The input range (clip to ±r, divide by r: `CrossbarStack.step_once`), then the DAC."""
-    if HAS_RANGE:
-        x = tl.div_rn(tl.minimum(tl.maximum(x, -r), r), r)
-    return _convert(x, inv_res, res, bound, DAC, CLIP)
+def _read(
+    x_in, u_in, u_prev_in, scale, w_state, w_u, w_u_prev, w_y, w_y_u, w_y_u_prev, base, strength, y_strength,
+    h, column, mode, in_inv_res, in_res, in_bound, state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
+    DAC: tl.constexpr, IN_CLIP: tl.constexpr, NOISE: tl.constexpr, ADC: tl.constexpr, CHECK: tl.constexpr,
+    STATE_CLIP: tl.constexpr, Y_CLIP: tl.constexpr, STATE_PAIRS: tl.constexpr, Y_PAIRS: tl.constexpr, Y_COLUMN: tl.constexpr,
+):
+    """One analog read (`CrossbarStack.read_`) of inputs scaled by noise and bound management (scale (B,)):
+    DAC, float64 product, output noise, ADC. -> the state columns' read (B, NP), the y column's (B,), and
+    whether neither clipped at its ADC bound (B,) each."""
+    x_in = _convert(x_in * scale[:, None], in_inv_res, in_res, in_bound, DAC, IN_CLIP).to(tl.float64)
+    u_in = _convert(u_in * scale, in_inv_res, in_res, in_bound, DAC, IN_CLIP).to(tl.float64)
+    u_prev_in = _convert(u_prev_in * scale, in_inv_res, in_res, in_bound, DAC, IN_CLIP).to(tl.float64)
+    read = tl.dot(x_in, w_state) + u_in[:, None] * w_u[None, :] + u_prev_in[:, None] * w_u_prev[None, :]
+    read = read.to(tl.float32)  # (B, NP): x_t, or its increment
+    y = (tl.sum(x_in * w_y[None, :], axis=1) + u_in * w_y_u + u_prev_in * w_y_u_prev).to(tl.float32)  # y_{t-1}
+    if NOISE:
+        read = read + _normal(base[:, None], h, column, STATE_PAIRS) * strength[None, :]
+        y = y + tl.sum(_normal(base[:, None], h, tl.full((1, 1), Y_COLUMN, tl.int32), Y_PAIRS), axis=1) * y_strength
+    read = _convert(read, state_inv_res, state_res, state_bound, ADC, False)
+    y = _convert(y, y_inv_res, y_res, y_bound, ADC, False)
+    state_within = tl.full(y.shape, 1, tl.int1)
+    y_within = tl.full(y.shape, 1, tl.int1)
+    if CHECK and STATE_CLIP:  # a column group without an ADC bound never clips
+        state_within = tl.max(tl.where(mode[None, :], tl.abs(read), 0.0), axis=1) <= state_bound
+    if CHECK and Y_CLIP:
+        y_within = tl.abs(y) <= y_bound
+    if STATE_CLIP:
+        read = tl.minimum(tl.maximum(read, -state_bound), state_bound)
+    if Y_CLIP:
+        y = tl.minimum(tl.maximum(y, -y_bound), y_bound)
+    return read, y, state_within, y_within
 
 
 @triton.jit
@@ -140,14 +176,16 @@ def _scan_kernel(
     range_ptr,  # (H,) float32 DAC ranges r_h
     factor_ptr,  # (F, H, N+1) float32: the periphery's factors per column, applied in order
     strength_ptr,  # (H, N+1) float32: output-noise std per column
-    state_table_ptr, y_table_ptr,  # (L+1, B) int32: every sequence's draw base per step, of each column group
+    table_ptr,  # (ATTEMPTS, GROUPS, L+1, B) int32: every sequence's draw base per attempt, column group and step
+    scale_ptr,  # (2, ATTEMPTS) float32: input scale and output factor of each attempt, where not per vector
     steps, B, H,
     in_inv_res, in_res, in_bound,
-    state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
+    state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound, nm_thres,
     N: tl.constexpr, NP: tl.constexpr, FACTORS: tl.constexpr,
-    STATE_PAIRS: tl.constexpr, Y_PAIRS: tl.constexpr, Y_COLUMN: tl.constexpr,
-    HAS_RANGE: tl.constexpr, DAC: tl.constexpr, IN_CLIP: tl.constexpr,
-    NOISE: tl.constexpr, ADC: tl.constexpr, OUT_CLIP: tl.constexpr, INCREMENTAL: tl.constexpr,
+    STATE_PAIRS: tl.constexpr, Y_PAIRS: tl.constexpr, Y_COLUMN: tl.constexpr, GROUPS: tl.constexpr,
+    HAS_RANGE: tl.constexpr, DAC: tl.constexpr, IN_CLIP: tl.constexpr, NOISE_MANAGEMENT: tl.constexpr,
+    ATTEMPTS: tl.constexpr, CHECK: tl.constexpr,
+    NOISE: tl.constexpr, ADC: tl.constexpr, STATE_CLIP: tl.constexpr, Y_CLIP: tl.constexpr, INCREMENTAL: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     h = tl.program_id(0)
@@ -163,6 +201,8 @@ def _scan_kernel(
     w_y = tl.load(w + (1 + n) * (N + 1) + N, mask=mode, other=0.0)
     w_y_u = tl.load(w + N)
     w_y_u_prev = tl.load(w + (N + 1) * (N + 1) + N)
+    strength = tl.load(strength_ptr + h * (N + 1) + n, mask=mode, other=0.0)
+    y_strength = tl.load(strength_ptr + h * (N + 1) + N)
     r = 1.0
     if HAS_RANGE:
         r = tl.load(range_ptr + h)
@@ -172,22 +212,63 @@ def _scan_kernel(
     t = tl.full((), 0, tl.int64)  # offsets of long scans pass 2^31
     while t < steps:
         u_t = tl.load(u_ptr + (t * H + h) * B + rows, mask=live, other=0.0)
-        x_in = _dac(x, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
-        u_in = _dac(u_t, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
-        u_prev_in = _dac(u_prev, r, in_inv_res, in_res, in_bound, HAS_RANGE, DAC, IN_CLIP).to(tl.float64)
-        read = tl.dot(x_in, w_state) + u_in[:, None] * w_u[None, :] + u_prev_in[:, None] * w_u_prev[None, :]
-        read = read.to(tl.float32)  # (BLOCK, NP): x_t, or its increment
-        y = (tl.sum(x_in * w_y[None, :], axis=1) + u_in * w_y_u + u_prev_in * w_y_u_prev).to(tl.float32)  # y_{t-1}
-        if NOISE:
-            state_base = tl.load(state_table_ptr + t * B + rows, mask=live, other=0).to(tl.uint32, bitcast=True)
-            y_base = tl.load(y_table_ptr + t * B + rows, mask=live, other=0).to(tl.uint32, bitcast=True)
-            strength = tl.load(strength_ptr + h * (N + 1) + n, mask=mode, other=0.0)
-            read = read + _normal(state_base[:, None], h, column, STATE_PAIRS) * strength[None, :]
-            y_noise = _normal(y_base[:, None], h, tl.full((1, 1), Y_COLUMN, tl.int32), Y_PAIRS)
-            y = y + tl.sum(y_noise, axis=1) * tl.load(strength_ptr + h * (N + 1) + N)
-        read = _convert(read, state_inv_res, state_res, state_bound, ADC, OUT_CLIP)
-        y = _convert(y, y_inv_res, y_res, y_bound, ADC, OUT_CLIP)
-        for f in tl.static_range(FACTORS):
+        # the input range (`CrossbarStack.step_once`)
+        x_in, u_in, u_prev_in = x, u_t, u_prev
+        if HAS_RANGE:
+            x_in = tl.div_rn(tl.minimum(tl.maximum(x_in, -r), r), r)
+            u_in = tl.div_rn(tl.minimum(tl.maximum(u_in, -r), r), r)
+            u_prev_in = tl.div_rn(tl.minimum(tl.maximum(u_prev_in, -r), r), r)
+        # noise management (`CrossbarStack.noise_management_values`): 0 none or constant, 1 abs max, 2 max
+        silent = tl.zeros((BLOCK,), tl.int1)
+        inverse = tl.full((BLOCK,), 1.0, tl.float32)
+        if NOISE_MANAGEMENT > 0:
+            if NOISE_MANAGEMENT == 1:
+                nm = tl.maximum(tl.max(tl.where(mode[None, :], tl.abs(x_in), 0.0), axis=1), tl.maximum(tl.abs(u_in), tl.abs(u_prev_in)))
+            else:
+                nm = tl.maximum(tl.max(tl.where(mode[None, :], x_in, -float("inf")), axis=1), tl.maximum(u_in, u_prev_in))
+            if nm_thres > 0:
+                nm = tl.minimum(nm, nm_thres)
+            silent = nm == 0  # an all-zero input vector reads 0
+            inverse = tl.div_rn(1.0, tl.where(nm <= 0, 1.0, nm))  # 1.0 / nm, as torch's reciprocal
+        read = tl.zeros((BLOCK, NP), tl.float32)
+        y = tl.zeros((BLOCK,), tl.float32)
+        # bound management (`CrossbarStack.mvm_per_sequence_`): each column group repeats the read of the
+        # vectors that clipped at half the input scale, up to its last attempt, which takes every vector
+        for group in tl.static_range(GROUPS):
+            pending = live
+            attempt = 0
+            reduction = 1.0  # 1 / 2^attempt, exact
+            while (attempt < ATTEMPTS) & (tl.max(pending.to(tl.int32), axis=0) > 0):
+                if NOISE_MANAGEMENT > 0:
+                    scale = inverse * reduction
+                    factor = tl.div_rn(1.0, scale)  # out_scale / scale, as torch's reciprocal, out_scale 1
+                else:
+                    scale = tl.full((BLOCK,), 1.0, tl.float32) * tl.load(scale_ptr + attempt)
+                    factor = tl.full((BLOCK,), 1.0, tl.float32) * tl.load(scale_ptr + ATTEMPTS + attempt)
+                base = tl.load(table_ptr + ((attempt * GROUPS + group) * steps + t) * B + rows, mask=live, other=0)
+                trial, y_trial, state_within, y_within = _read(
+                    x_in, u_in, u_prev_in, scale, w_state, w_u, w_u_prev, w_y, w_y_u, w_y_u_prev,
+                    base.to(tl.uint32, bitcast=True), strength, y_strength, h, column, mode,
+                    in_inv_res, in_res, in_bound, state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
+                    DAC, IN_CLIP, NOISE, ADC, CHECK, STATE_CLIP, Y_CLIP, STATE_PAIRS, Y_PAIRS, Y_COLUMN,
+                )
+                if GROUPS == 1:
+                    within = state_within & y_within
+                elif group == 0:
+                    within = state_within
+                else:
+                    within = y_within
+                done = pending & (within | (attempt == ATTEMPTS - 1))
+                if GROUPS == 1 or group == 0:
+                    read = tl.where(done[:, None], trial * factor[:, None], read)
+                if GROUPS == 1 or group == 1:
+                    y = tl.where(done, y_trial * factor, y)
+                pending = pending & ~done
+                attempt += 1
+                reduction = reduction * 0.5
+        read = tl.where(silent[:, None], 0.0, read)
+        y = tl.where(silent, 0.0, y)
+        for f in tl.static_range(FACTORS):  # the periphery's digital scales
             factors = factor_ptr + (f * H + h) * (N + 1)
             read = read * tl.load(factors + n, mask=mode, other=0.0)[None, :]
             y = y * tl.load(factors + N)
@@ -200,10 +281,17 @@ def _scan_kernel(
         t += 1
 
 
-def unsupported(kernel, stack) -> str | None:
-    """Why `fused_scan` cannot run this kernel's scan (module docstring), or None where it can."""
-    from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType
+def noise_management_code(kind) -> int:
+    """The kernel's code of one of the fast step's noise managements: 0 none or constant (one scale for
+    every vector, `attempt_scales`), 1 abs max, 2 max (per vector)."""
+    from aihwkit.simulator.parameters.enums import NoiseManagementType as Kind
 
+    return {Kind.NONE: 0, Kind.CONSTANT: 0, Kind.ABS_MAX: 1, Kind.MAX: 2}[kind]
+
+
+def unsupported(kernel, stack) -> str | None:
+    """Why `fused_scan` cannot run this kernel's scan (module docstring), or None where it can. Per-sequence
+    reads run the fast step's noise and bound management (`mvm.fast_path_supports`), as this kernel does."""
     io = stack.io
     if not stack.draws.per_sequence:
         return "batched reads draw from torch's stream"
@@ -215,8 +303,6 @@ def unsupported(kernel, stack) -> str | None:
         return f"a state of more than {MAX_MODES} modes"
     if io.is_perfect:
         return None
-    if io.noise_management != NoiseManagementType.NONE or io.bound_management != BoundManagementType.NONE:
-        return "noise or bound management"
     if io.inp_noise > 0 or io.inp_sto_round or io.out_sto_round:
         return "input noise or stochastic rounding"
     if io.out_scale != 1.0:
@@ -231,10 +317,23 @@ def scalar_pair(step: float) -> tuple[float, float]:
     return float(np.float32(1.0) / res), float(res)
 
 
+def attempt_scales(io, attempts: int) -> list[list[float]]:
+    """[input scales, output factors] of every bound-management attempt where noise management is none or
+    constant: `CrossbarStack.mvm_per_sequence_`'s scale = 1 / nm / 2^attempt and out_scale / scale, in
+    Python floats as it computes them (a per-vector nm is the kernel's)."""
+    from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+    nm = io.nm_thres if io.noise_management == NoiseManagementType.CONSTANT and io.nm_thres > 0 else 1.0
+    scales = [1.0 / nm / 2.0**a for a in range(attempts)]
+    return [scales, [io.out_scale / scale for scale in scales]]
+
+
 @torch.no_grad()
 def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     """u (B, L, H) -> y (B, L, H): `fused_scan_ref`'s scan as one Triton kernel (module docstring).
     stack: `kernel.crossbar_stack(u)`, whose reads are per sequence; `unsupported` must be None."""
+    from aihwkit.simulator.parameters.enums import BoundManagementType
+
     reason = unsupported(kernel, stack)
     if reason is not None:
         raise ValueError(f"the Triton scan does not run {reason}; use StaticScan (FusedS4D.scan chooses)")
@@ -259,29 +358,40 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
         else:
             strength[:, group.columns] = group.io.out_noise  # rounded to float32, as torch rounds the scalar
     io, y_io = groups[0].io, groups[-1].io
-    noise = not io.is_perfect and (io.out_noise > 0 or stack.out_noise_values is not None)
+    perfect = io.is_perfect
+    iterative = not perfect and io.bound_management == BoundManagementType.ITERATIVE
+    attempts = bound_management_attempts(io) if iterative else 1
     draws = stack.draws
     draws.prepare(steps)
-    tables = [draws.table(0, "output_noise", i) for i in range(len(groups))]
+    tables = torch.stack([
+        torch.stack([draws.table(a, "output_noise", g) for g in range(len(groups))]) for a in range(attempts)
+    ])  # (attempts, groups, L+1, B)
+    scales = torch.tensor(attempt_scales(io, attempts), dtype=torch.float32, device=u.device)
     two_groups = len(groups) == 2
     state_columns = N if two_groups else N + 1
     y = u.new_empty(L, H, B)
-    perfect = io.is_perfect
     in_step = converter_step(io.inp_res, io.inp_bound) if not perfect and io.inp_res > 0 else 1.0
     state_step = converter_step(io.out_res, io.out_bound) if not perfect and io.out_res > 0 else 1.0
     y_step = converter_step(y_io.out_res, y_io.out_bound) if not perfect and y_io.out_res > 0 else 1.0
+    # DAC ranges; without them the kernel reads none (HAS_RANGE), and any tensor fills the argument
     ranges = stack.input_range.reshape(H).float().contiguous() if stack.input_range is not None else factors
     grid = (H, triton.cdiv(B, BLOCK_B))
     modes = max(16, triton.next_power_of_2(N))  # the state tile: a power of two, at least a dot's 16
     _scan_kernel[grid](
-        u_steps, y, weight, ranges, factors, strength, tables[0], tables[-1],
+        u_steps, y, weight, ranges, factors, strength, tables, scales,
         steps, B, H,
         *scalar_pair(in_step), float(io.inp_bound),
         *scalar_pair(state_step), float(io.out_bound), *scalar_pair(y_step), float(y_io.out_bound),
+        float(io.nm_thres) if not perfect else 0.0,
         N=N, NP=modes, FACTORS=factors.shape[0],
         STATE_PAIRS=(state_columns + 1) // 2, Y_PAIRS=1 if two_groups else (N + 2) // 2, Y_COLUMN=0 if two_groups else N,
-        HAS_RANGE=stack.input_range is not None, DAC=not perfect and io.inp_res > 0, IN_CLIP=not perfect and io.inp_bound > 0,
-        NOISE=noise, ADC=not perfect and io.out_res > 0, OUT_CLIP=not perfect and io.out_bound > 0,
+        GROUPS=len(groups), HAS_RANGE=stack.input_range is not None,
+        DAC=not perfect and io.inp_res > 0, IN_CLIP=not perfect and io.inp_bound > 0,
+        NOISE_MANAGEMENT=0 if perfect else noise_management_code(io.noise_management),
+        ATTEMPTS=attempts, CHECK=iterative,
+        NOISE=not perfect and (io.out_noise > 0 or stack.out_noise_values is not None),
+        ADC=not perfect and io.out_res > 0,  # the y column's io differs from io in its bound only (kernel.y_column_io)
+        STATE_CLIP=not perfect and io.out_bound > 0, Y_CLIP=not perfect and y_io.out_bound > 0,
         INCREMENTAL=kernel.incremental, BLOCK=BLOCK_B, num_warps=num_warps(modes),
         enable_fp_fusion=False,  # torch's elementwise kernels multiply and add apart
     )
