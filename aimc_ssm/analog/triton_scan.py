@@ -169,6 +169,47 @@ def _read(
 
 
 @triton.jit
+def _attempt(
+    read, y, pending, attempt, reduction,
+    x_in, u_in, u_prev_in, inverse, w_state, w_u, w_u_prev, w_y, w_y_u, w_y_u_prev, strength, y_strength,
+    h, column, mode, rows, live, t, steps, B, table_ptr, scale_ptr,
+    in_inv_res, in_res, in_bound, state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
+    GROUP: tl.constexpr, GROUPS: tl.constexpr, ATTEMPTS: tl.constexpr, NOISE_MANAGEMENT: tl.constexpr,
+    DAC: tl.constexpr, IN_CLIP: tl.constexpr, NOISE: tl.constexpr, ADC: tl.constexpr, CHECK: tl.constexpr,
+    STATE_CLIP: tl.constexpr, Y_CLIP: tl.constexpr, STATE_PAIRS: tl.constexpr, Y_PAIRS: tl.constexpr,
+    Y_COLUMN: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One attempt of bound management for column group GROUP (`CrossbarStack.mvm_per_sequence_`): read
+    at the attempt's input scale; the pending vectors that did not clip, or all at the last attempt,
+    take this read times out_scale / scale. -> (read, y, pending)."""
+    if NOISE_MANAGEMENT > 0:
+        scale = inverse * reduction
+        factor = tl.div_rn(1.0, scale)  # out_scale / scale, as torch's reciprocal, out_scale 1
+    else:
+        scale = tl.full((BLOCK,), 1.0, tl.float32) * tl.load(scale_ptr + attempt)
+        factor = tl.full((BLOCK,), 1.0, tl.float32) * tl.load(scale_ptr + ATTEMPTS + attempt)
+    base = tl.load(table_ptr + ((attempt * GROUPS + GROUP) * steps + t) * B + rows, mask=live, other=0)
+    trial, y_trial, state_within, y_within = _read(
+        x_in, u_in, u_prev_in, scale, w_state, w_u, w_u_prev, w_y, w_y_u, w_y_u_prev,
+        base.to(tl.uint32, bitcast=True), strength, y_strength, h, column, mode,
+        in_inv_res, in_res, in_bound, state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
+        DAC, IN_CLIP, NOISE, ADC, CHECK, STATE_CLIP, Y_CLIP, STATE_PAIRS, Y_PAIRS, Y_COLUMN,
+    )
+    if GROUPS == 1:
+        within = state_within & y_within
+    elif GROUP == 0:
+        within = state_within
+    else:
+        within = y_within
+    done = pending & (within | (attempt == ATTEMPTS - 1))
+    if GROUPS == 1 or GROUP == 0:
+        read = tl.where(done[:, None], trial * factor[:, None], read)
+    if GROUPS == 1 or GROUP == 1:
+        y = tl.where(done, y_trial * factor, y)
+    return read, y, pending & ~done
+
+
+@triton.jit
 def _scan_kernel(
     u_ptr,  # (L+1, H, B) float32, time-major, u_L = 0
     y_ptr,  # (L, H, B) float32: y_t
@@ -238,32 +279,16 @@ def _scan_kernel(
             pending = live
             attempt = 0
             reduction = 1.0  # 1 / 2^attempt, exact
-            while (attempt < ATTEMPTS) & (tl.max(pending.to(tl.int32), axis=0) > 0):
-                if NOISE_MANAGEMENT > 0:
-                    scale = inverse * reduction
-                    factor = tl.div_rn(1.0, scale)  # out_scale / scale, as torch's reciprocal, out_scale 1
-                else:
-                    scale = tl.full((BLOCK,), 1.0, tl.float32) * tl.load(scale_ptr + attempt)
-                    factor = tl.full((BLOCK,), 1.0, tl.float32) * tl.load(scale_ptr + ATTEMPTS + attempt)
-                base = tl.load(table_ptr + ((attempt * GROUPS + group) * steps + t) * B + rows, mask=live, other=0)
-                trial, y_trial, state_within, y_within = _read(
-                    x_in, u_in, u_prev_in, scale, w_state, w_u, w_u_prev, w_y, w_y_u, w_y_u_prev,
-                    base.to(tl.uint32, bitcast=True), strength, y_strength, h, column, mode,
+            # one read takes every vector where there is no bound management: then no loop, no test of what is pending
+            while (attempt < ATTEMPTS) & ((ATTEMPTS == 1) | (tl.max(pending.to(tl.int32), axis=0) > 0)):
+                read, y, pending = _attempt(
+                    read, y, pending, attempt, reduction,
+                    x_in, u_in, u_prev_in, inverse, w_state, w_u, w_u_prev, w_y, w_y_u, w_y_u_prev, strength, y_strength,
+                    h, column, mode, rows, live, t, steps, B, table_ptr, scale_ptr,
                     in_inv_res, in_res, in_bound, state_inv_res, state_res, state_bound, y_inv_res, y_res, y_bound,
-                    DAC, IN_CLIP, NOISE, ADC, CHECK, STATE_CLIP, Y_CLIP, STATE_PAIRS, Y_PAIRS, Y_COLUMN,
+                    group, GROUPS, ATTEMPTS, NOISE_MANAGEMENT, DAC, IN_CLIP, NOISE, ADC, CHECK, STATE_CLIP, Y_CLIP,
+                    STATE_PAIRS, Y_PAIRS, Y_COLUMN, BLOCK,
                 )
-                if GROUPS == 1:
-                    within = state_within & y_within
-                elif group == 0:
-                    within = state_within
-                else:
-                    within = y_within
-                done = pending & (within | (attempt == ATTEMPTS - 1))
-                if GROUPS == 1 or group == 0:
-                    read = tl.where(done[:, None], trial * factor[:, None], read)
-                if GROUPS == 1 or group == 1:
-                    y = tl.where(done, y_trial * factor, y)
-                pending = pending & ~done
                 attempt += 1
                 reduction = reduction * 0.5
         read = tl.where(silent[:, None], 0.0, read)
