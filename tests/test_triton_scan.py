@@ -106,3 +106,10 @@ def test_the_kernel_scans_with_triton_on_a_gpu_and_with_its_steps_elsewhere(inpu
 def test_a_state_too_large_for_a_programs_registers_is_refused(inputs):
     fused = fused_kernel(inputs, {}, {}, "per-sequence", d_state=130)
     assert unsupported(fused, fused.crossbar_stack(inputs)) == "a state of more than 128 modes"
+
+
+def test_an_empty_batch_scans_to_an_empty_output(inputs):
+    fused = kernel_on_device(inputs, "pcm")
+    empty = inputs[:0].to(DEVICE)
+    for scan in (fused_scan, fused_scan_ref):
+        assert scan(fused, fused.crossbar_stack(empty), empty).shape == empty.shape

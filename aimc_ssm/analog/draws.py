@@ -96,7 +96,7 @@ def uniform24(bits: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
 def sequence_keys(u: torch.Tensor, seed: int) -> torch.Tensor:
     """A 32-bit key per sequence of u (B, ...) (int32 (B,)): `seed` mixed with a hash of the sequence's
     float32 values and their positions, so that it depends on the sequence alone."""
-    bits = u.detach().float().reshape(u.shape[0], -1).contiguous().view(torch.int32)
+    bits = u.detach().float().reshape(u.shape[0], math.prod(u.shape[1:])).contiguous().view(torch.int32)  # an empty batch too
     positions = hash32(torch.arange(1, bits.shape[1] + 1, device=u.device, dtype=torch.int32))
     terms = unsigned(hash32(bits ^ positions)) * MIX & MASK  # below 2^32 each: the sum stays in int64
     content = as_int32_tensor(terms.sum(dim=1) & MASK)
