@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_fused_kernel.py --ref-steps 100      # reference timed on 100 steps, scaled
     .venv/bin/python benchmarks/bench_fused_kernel.py --compute cuda --graphs --compile-step
     .venv/bin/python benchmarks/bench_fused_kernel.py --set forward.out_noise=0   # converters only, no noise draws
+    .venv/bin/python benchmarks/bench_fused_kernel.py --batch 100 --copies 4 --y-adc-range 8   # adc_sweep's kernels
 
 All runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel, `CrossbarStack.step`; on a GPU
 the Triton scan where it runs the device's settings, else the steps captured in CUDA graphs, which --graphs
@@ -13,11 +14,13 @@ channel and step. With --ref-steps the reference runs on the first steps of the 
 is scaled to the full length (the per-step cost does not depend on t).
 
 Floors: the work no implementation of the step can skip, timed in the same run, every step:
-  float32  one batched float32 matmul of the (H, B, N+2) inputs with the (H, N+2, N+1) crossbars and,
-           where the device has output noise, one torch.randn draw per output: aihwkit's batched read.
+  float32  one batched float32 matmul of the (H, B, k·(N+2)) inputs with the (H, k·(N+2), N+1) crossbars
+           (k copies) and, where the device has output noise, one torch.randn draw per output: aihwkit's
+           batched read.
   own      the kernel's own read under per-sequence reads (the default): the inputs cast to float64, the
            float64 matmul (a sequence's result must not depend on its batch) rounded back to float32, and
-           the counter-based normals of every output (`SequenceDraws.normal_`, each sequence its stream).
+           the counter-based normals of every output (`SequenceDraws.normal_`, each sequence its stream);
+           copies that read the same inputs summed before the product, N+2 rows.
 The float32 floor is not reachable by per-sequence reads: their product is float64 and their normals
 are hashed, not drawn from torch's generator; the "own" floor is the one they can reach. On a GPU both
 floors are timed eagerly and as CUDA graphs of 16 steps; ratios are against the faster. The Triton scan
@@ -34,7 +37,7 @@ from common import fastest
 from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws
-from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, triton_scan_runs
+from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, copies_share_inputs, triton_scan_runs
 from aimc_ssm.core.s4d import S4D
 
 
@@ -52,6 +55,8 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=16, help="H, crossbars per layer")
     parser.add_argument("--d-state", type=int, default=64, help="N; each crossbar is (N+2) x (N+1)")
     parser.add_argument("--device", default="pcm", help="device name or file (default: %(default)s)")
+    parser.add_argument("--copies", type=int, default=1, help="devices per weight (FusedS4D copies; default: %(default)s)")
+    parser.add_argument("--y-adc-range", type=float, default=None, help="the y column's own ADC range (default: the device's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="device override; repeatable")
     parser.add_argument("--compute", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--ref-steps", type=int, default=None, help="time the reference on this many steps and scale")
@@ -84,7 +89,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     ssm = S4D(args.d_model, args.d_state).eval()
     u = torch.randn(args.batch, args.length, args.d_model)
-    kernel = FusedS4D(ssm, load_device(args.device, **parse_settings(args.set)))
+    kernel = FusedS4D(ssm, load_device(args.device, **parse_settings(args.set)), copies=args.copies, y_adc_range=args.y_adc_range)
     kernel.calibrate(u[:16])
     program(kernel, t_inference=3600.0)
     kernel.to(args.compute)
@@ -93,7 +98,8 @@ def main() -> None:
 
     print(
         f"batch {args.batch}, L {args.length}, H {args.d_model}, N {args.d_state} "
-        f"({args.d_state + 2}x{args.d_state + 1} crossbars), device {' '.join([args.device, *args.set])}, compute {args.compute}, "
+        f"({args.copies * (args.d_state + 2)}x{args.d_state + 1} crossbars, {args.copies} copies, y ADC range {args.y_adc_range}), "
+        f"device {' '.join([args.device, *args.set])}, compute {args.compute}, "
         f"{torch.get_num_threads()} threads, execution {kernel.execution()}, "
         f"{'CPU' if args.cpu_time else 'wall-clock'} seconds, best of {args.repeat}"
     )
@@ -176,8 +182,11 @@ class Floor:
         H, N = kernel.d_model, kernel.d_state
         device = kernel.D.device
         self.kind, self.draws = kind, kernel.rpu_config.forward.out_noise > 0
-        self.weight = torch.randn(H, N + 2, N + 1, device=device)
-        self.inp = torch.randn(H, batch, N + 2, device=device)
+        # aihwkit's read multiplies every copy's rows; the per-sequence read sums copies that share their inputs
+        shared = kind == "own" and copies_share_inputs(kernel.rpu_config.forward)
+        rows = (1 if shared else kernel.copies) * (N + 2)
+        self.weight = torch.randn(H, rows, N + 1, device=device)
+        self.inp = torch.randn(H, batch, rows, device=device)
         self.out, self.noise = torch.empty(H, batch, N + 1, device=device), torch.empty(H, batch, N + 1, device=device)
         if kind == "own":
             self.weight64, self.inp64 = self.weight.double(), self.inp.double()

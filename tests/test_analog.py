@@ -10,7 +10,7 @@ from aihwkit.simulator.parameters import WeightModifierType
 from aimc_ssm.analog.deploy import DRIFT_TIMES, program, to_analog
 from aimc_ssm.analog.devices import load_device
 from aimc_ssm.analog.hwa import inject_weight_noise, training_noise
-from aimc_ssm.analog.kernel import MAPPINGS, FusedS4D
+from aimc_ssm.analog.kernel import MAPPINGS, FusedS4D, StaticScan, copies_share_inputs
 from aimc_ssm.analog.layout import complex_state, crossbar_matrices, fold_copies, real_state, state_diagonal
 from aimc_ssm.analog.mvm import CrossbarStack, column_scales
 from aimc_ssm.core.model import ModelConfig, S4DModel
@@ -241,6 +241,24 @@ def test_copies_hold_w_over_k_on_k_row_groups(ssm, u):
     converters = {"adc_range": 2.0, "out_noise": 0.0}
     with torch.no_grad():  # measured equal to 5e-7: the same ADC levels per signal
         torch.testing.assert_close(kernel(ssm, u, options={"copies": 3}, **converters)(u), kernel(ssm, u, **converters)(u))
+
+
+def test_copies_that_read_the_same_inputs_are_summed_before_the_per_sequence_product(ssm, u):
+    """Per-sequence reads multiply one row group by the copies' summed float64 weights: the same outputs as
+    the product over every copy's rows, here bit for bit; input noise, drawn per row, keeps every row."""
+    three = kernel(ssm, u, options={"copies": 3, "reads": "per-sequence", "y_adc_range": 8.0})
+    program(three, 3600.0)
+    folded = three.crossbar_stack(u)
+    assert folded.weight64.shape == (H, N + 1, N + 2)
+    torch.testing.assert_close(folded.weight64, fold_copies(folded.weight.double(), 3), rtol=0, atol=0)
+    every_row = CrossbarStack(three.tiles, three.y_io, three.crossbar_stack(u).draws, shared_copies=1)
+    with torch.no_grad():
+        assert torch.equal(StaticScan(three, folded, u).run(), StaticScan(three, every_row, u).run())
+    assert copies_share_inputs(three.rpu_config.forward) and copies_share_inputs(load_device("ideal").forward)
+    for drawn_per_row in ({"forward.inp_noise": 0.01}, {"forward.inp_sto_round": True}):
+        noisy = kernel(ssm, u, options={"copies": 3, "reads": "per-sequence"}, **drawn_per_row)
+        assert not copies_share_inputs(noisy.rpu_config.forward)
+        assert noisy.crossbar_stack(u).weight64.shape == (H, N + 1, 3 * (N + 2))
 
 
 def test_options_are_checked(ssm):

@@ -42,7 +42,9 @@ Scaling, with aihwkit's own mechanisms on every crossbar (an `AnalogLinear` tile
            y_adc_range) by k: every signal keeps its ADC levels, and the output noise, absolute per read,
            falls to 1/k of the signal. aihwkit converts every row, so input noise and stochastic DAC
            rounding are drawn per group. Cost: k times the cells (`crossbar_cells`), the same ADC
-           conversions per step.
+           conversions per step. Where the groups read the same inputs (no input noise, a deterministic
+           DAC: `copies_share_inputs`), per-sequence reads sum the copies' weights before the product:
+           the same column sum, a k-th of the simulation's work.
 
 Mapping (`MAPPINGS`, set by `calibrate`). The state x_t leaves through the ADC and returns through the
 DAC every step, on the grid of its channel's DAC range. Its modes differ in size by orders of magnitude
@@ -136,6 +138,13 @@ def y_column_io(io, y_adc_range: float | None, copies: int = 1):
     y_io = copy.deepcopy(io)
     y_io.out_bound = y_adc_range * copies
     return y_io
+
+
+def copies_share_inputs(io) -> bool:
+    """Whether every copy's row group reads the same inputs at the product: no input noise and no
+    stochastic DAC rounding, both drawn per row. Then a column's sum over copies is the product with
+    the copies' summed weights, which per-sequence reads compute (`CrossbarStack`'s shared_copies)."""
+    return io.is_perfect or not (io.inp_noise > 0 or (io.inp_res > 0 and io.inp_sto_round))
 
 
 def check_crossbar_fits(mapping, n_in: int, n_out: int) -> None:
@@ -291,7 +300,8 @@ class FusedS4D(nn.Module):
         draws = None
         if u is not None and self.reads == "per-sequence" and self.execution() == "fused":
             draws = SequenceDraws(sequence_keys(u, torch.initial_seed()))
-        return CrossbarStack(self.tiles, self.y_io, draws)
+        shared = self.copies if copies_share_inputs(self.rpu_config.forward) else 1
+        return CrossbarStack(self.tiles, self.y_io, draws, shared_copies=shared)
 
     @torch.no_grad()
     def set_state_scales(self, scales: torch.Tensor) -> None:

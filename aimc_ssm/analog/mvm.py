@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .draws import TorchDraws
+from .layout import fold_copies
 
 
 def fast_path_supports(io) -> bool:
@@ -95,22 +96,22 @@ class ColumnGroup:
     io: object  # aihwkit IOParameters
     weight: torch.Tensor  # (H, columns, in), contiguous: `step` and `step_ref` multiply the same operand
     out_noise_values: torch.Tensor | None  # (H, 1, columns): aihwkit's per-output noise strengths
+    weight_t64: torch.Tensor  # (H, in / copies, columns) float64: the per-sequence product's operand, copies summed
     weight_t: torch.Tensor = field(init=False)  # aihwkit's bmm operand
-    weight_t64: torch.Tensor | None = field(init=False, default=None)  # in float64, for per-sequence reads
     buffers64: dict = field(init=False, default_factory=dict)  # float64 operands by input shape, reused every step
 
     def __post_init__(self):
         self.weight_t = self.weight.permute(0, 2, 1)
 
     def matmul(self, x: torch.Tensor, out: torch.Tensor, per_sequence: bool) -> torch.Tensor:
-        """x (H, B, in) @ weight_t into out (H, B, columns); per sequence accumulated in float64 (module docstring).
+        """x (H, B, in) @ weight_t into out (H, B, columns); per sequence accumulated in float64, the
+        row groups that read the same inputs summed first (`CrossbarStack`'s shared_copies; module docstring).
 
         `matmul_plain`'s product, bit for bit (the same bmm on the same float64 operands), through
         float64 buffers kept from step to step instead of fresh ones."""
         if not per_sequence:
             return torch.bmm(x, self.weight_t, out=out)
-        if self.weight_t64 is None:
-            self.weight_t64 = self.weight_t.double()
+        x = x[..., : self.weight_t64.shape[1]]  # one row group: every other reads the same inputs
         if x.shape not in self.buffers64:
             self.buffers64[x.shape] = (x.new_empty(x.shape, dtype=torch.float64), out.new_empty(out.shape, dtype=torch.float64))
         x64, out64 = self.buffers64[x.shape]
@@ -120,9 +121,7 @@ class ColumnGroup:
         """Plain twin of `matmul`."""
         if not per_sequence:
             return torch.bmm(x, self.weight_t, out=out)
-        if self.weight_t64 is None:
-            self.weight_t64 = self.weight_t.double()
-        return out.copy_(torch.bmm(x.double(), self.weight_t64))
+        return out.copy_(torch.bmm(x[..., : self.weight_t64.shape[1]].double(), self.weight_t64))
 
 
 def tiles_forward(tiles: list, inputs: list[torch.Tensor], last_column_io=None) -> list[torch.Tensor]:
@@ -165,16 +164,21 @@ class CrossbarStack:
 
     last_column_io: IO parameters of the last output column, read as a group of its own (`column_groups`):
     both twins then make two MVMs per step, the other columns with the tiles' IO parameters first.
+    shared_copies: row groups that hold copies of one matrix and read the same inputs (no input noise, a
+    deterministic DAC: `kernel.copies_share_inputs`); the per-sequence product sums their weights first.
     draws: `TorchDraws` (aihwkit's batched reads, the default) or `SequenceDraws` (every sequence on its
     own: module docstring); `step` counts the steps that key the per-sequence draws.
     """
 
-    def __init__(self, tiles: list, last_column_io=None, draws=None):
+    def __init__(self, tiles: list, last_column_io=None, draws=None, shared_copies: int = 1):
         self.draws = TorchDraws() if draws is None else draws
         self.steps = 0  # an int, or a 0-dim device tensor while captured (`capture_steps`)
         self.io = tiles[0].rpu_config.forward
         self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
         self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
+        # the per-sequence product's float64 weights (H, out, in / shared_copies): row groups that read the
+        # same inputs summed first, as a column sums their currents; a quarter of the work for 4 copies
+        self.weight64 = fold_copies(self.weight.double(), shared_copies) if shared_copies > 1 else self.weight.double()
         n_out = self.weight.shape[1]
 
         def per_column(values):  # per tile (1,) or (out,) -> (H, 1, out)
@@ -196,6 +200,7 @@ class CrossbarStack:
             ColumnGroup(
                 columns, io, self.weight[:, columns].contiguous(),  # one group: the stack itself, no copy
                 None if self.out_noise_values is None else self.out_noise_values[:, :, columns],
+                self.weight64[:, columns].permute(0, 2, 1),
             )
             for columns, io in column_groups(self.io, last_column_io, n_out)
         ]

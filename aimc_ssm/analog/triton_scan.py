@@ -19,8 +19,8 @@ outputs) computes, in the same order of float32 operations, with the same per-se
             bound management repeats, per sequence and crossbar, the reads that clipped at half the input
             scale, each attempt with its own draws, until the last attempt takes every vector (a block
             stops once none of its vectors is pending: later attempts would change none of its outputs).
-  product   float64, as per-sequence reads accumulate it, rounded to float32. Copies share their inputs
-            (no input noise, deterministic DAC), so the kernel sums their weights first. The float64
+  product   float64, as per-sequence reads accumulate it, rounded to float32, with the copies' weights
+            summed first as theirs are (`CrossbarStack.weight64`: copies read the same inputs). The float64
             sums run in another order than cuBLAS's and can round to another float32, about once in
             2^23 products; where that lands on an ADC decision a level differs, and the recurrence carries it.
 So outputs agree with the twin to the last bit but for those rare roundings (benchmarks/bench_fused_kernel.py
@@ -368,11 +368,10 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
             "before triton is imported), and FusedS4D.scan runs StaticScan there"
         )
     B, L, H = u.shape
-    N, k = kernel.d_state, kernel.copies
+    N = kernel.d_state
     steps = L + 1
     u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()  # (L+1, H, B)
-    weight = stack.weight.permute(0, 2, 1).double()  # (H, k·(N+2), N+1), as the per-sequence product reads it
-    weight = weight.reshape(H, k, N + 2, N + 1).sum(dim=1).contiguous()  # copies read the same inputs
+    weight = stack.weight64.permute(0, 2, 1).contiguous()  # (H, N+2, N+1): the copies summed, as the product reads them
     factors = [stack.scale] + [f for f in (stack.drift_alpha, stack.out_scale) if f is not None]
     factors = torch.stack([f.expand(H, 1, N + 1)[:, 0] for f in factors]).float().contiguous()  # (F, H, N+1)
     strength = torch.zeros(H, N + 1, device=u.device)
