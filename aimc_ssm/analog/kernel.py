@@ -164,6 +164,12 @@ def check_options(copies: int, y_adc_range: float | None) -> None:
         raise ValueError(f"y_adc_range must be a positive ADC range (or None: the kernel's), got {y_adc_range!r}")
 
 
+def scan_inputs(u: torch.Tensor) -> torch.Tensor:
+    """u (B, L, H) -> the scan's inputs (L+1, H, B), time-major so that every step reads a contiguous slab;
+    the last step's u_L = 0 flushes y_{L-1} out of the crossbars."""
+    return nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+
+
 GRAPH_STEPS = 16  # steps per CUDA graph: one capture costs about as much as 16 eager steps
 MAPPINGS = ("balanced", "direct", "incremental")  # see the module docstring
 READS = ("per-sequence", "batched")  # who decides a read: every sequence, or the batch (module docstring)
@@ -424,8 +430,7 @@ class FusedS4D(nn.Module):
         N = self.d_state
         stack = self.crossbar_stack(None if reference_mvm else u)
         step = stack.step_ref if reference_mvm else stack.step_plain
-        # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
-        u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+        u_steps = scan_inputs(u)
         inp = u.new_zeros(H, B, self.copies * (N + 2))
         groups = inp.view(H, B, self.copies, N + 2)  # every copy's row group reads [u_t, x_{t-1}, u_{t-1}]
         state = u.new_zeros(H, B, N)  # the register x_{t-1}, mapped; `next_state` may update it in place
@@ -503,8 +508,7 @@ class StaticScan:
         B, L, H = u.shape
         N = kernel.d_state
         self.kernel, self.stack, self.length = kernel, stack, L
-        # time-major (L+1, H, B), so every step reads and writes contiguous slabs; u_L = 0 flushes y_{L-1}
-        self.u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+        self.u_steps = scan_inputs(u)
         self.inp = u.new_zeros(H, B, kernel.copies * (N + 2))
         self.groups = self.inp.view(H, B, kernel.copies, N + 2)  # every copy's row group reads [u_t, x_{t-1}, u_{t-1}]
         self.register = u.new_zeros(H, B, N)  # x_{t-1}, mapped, where the incremental mapping adds to it

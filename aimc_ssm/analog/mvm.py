@@ -96,7 +96,7 @@ class ColumnGroup:
     io: object  # aihwkit IOParameters
     weight: torch.Tensor  # (H, columns, in), contiguous: `step` and `step_ref` multiply the same operand
     out_noise_values: torch.Tensor | None  # (H, 1, columns): aihwkit's per-output noise strengths
-    weight_t64: torch.Tensor  # (H, in / copies, columns) float64: the per-sequence product's operand, copies summed
+    weight_t64: torch.Tensor | None  # (H, in / copies, columns) float64: the per-sequence product's operand, copies summed
     weight_t: torch.Tensor = field(init=False)  # aihwkit's bmm operand
     buffers64: dict = field(init=False, default_factory=dict)  # float64 operands by input shape, reused every step
 
@@ -177,8 +177,11 @@ class CrossbarStack:
         self.weight = torch.stack([t.tile.weight.detach() for t in tiles])  # (H, out, in), |w| ≤ ω: conductances
         self.weight_t = self.weight.permute(0, 2, 1)  # aihwkit's bmm operand
         # the per-sequence product's float64 weights (H, out, in / shared_copies): row groups that read the
-        # same inputs summed first, as a column sums their currents; a quarter of the work for 4 copies
-        self.weight64 = fold_copies(self.weight.double(), shared_copies) if shared_copies > 1 else self.weight.double()
+        # same inputs summed first, as a column sums their currents; a quarter of the work for 4 copies.
+        # Batched reads multiply the float32 weights and need none.
+        self.weight64 = None
+        if self.draws.per_sequence:
+            self.weight64 = fold_copies(self.weight.double(), shared_copies) if shared_copies > 1 else self.weight.double()
         n_out = self.weight.shape[1]
 
         def per_column(values):  # per tile (1,) or (out,) -> (H, 1, out)
@@ -200,7 +203,7 @@ class CrossbarStack:
             ColumnGroup(
                 columns, io, self.weight[:, columns].contiguous(),  # one group: the stack itself, no copy
                 None if self.out_noise_values is None else self.out_noise_values[:, :, columns],
-                self.weight64[:, columns].permute(0, 2, 1),
+                None if self.weight64 is None else self.weight64[:, columns].permute(0, 2, 1),
             )
             for columns, io in column_groups(self.io, last_column_io, n_out)
         ]

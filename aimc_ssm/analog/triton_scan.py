@@ -48,9 +48,9 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-from torch import nn
 
 from .draws import FMIX, LANE_STRIDE
+from .kernel import StaticScan, scan_inputs
 from .mvm import bound_management_attempts, converter_step
 
 INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
@@ -335,11 +335,14 @@ def unsupported(kernel, stack) -> str | None:
     return None
 
 
-def scalar_pair(step: float) -> tuple[float, float]:
-    """(float32 reciprocal, float32 step) of a converter step: torch divides a float32 tensor by a Python
-    scalar on CUDA as a multiplication by the float32 reciprocal, and multiplies by the float32 step."""
-    res = np.float32(step)
-    return float(np.float32(1.0) / res), float(res)
+def converter_scalars(io, res: float, bound: float) -> tuple[float, float]:
+    """(float32 reciprocal, float32 step) of a converter of resolution res over ±bound (`mvm.converter_step`),
+    (1, 1) where it does not round: torch divides a float32 tensor by a Python scalar on CUDA as a
+    multiplication by the float32 reciprocal, and multiplies by the float32 step."""
+    if io.is_perfect or res <= 0:
+        return 1.0, 1.0
+    step = np.float32(converter_step(res, bound))
+    return float(np.float32(1.0) / step), float(step)
 
 
 def attempt_scales(io, attempts: int) -> list[list[float]]:
@@ -370,7 +373,7 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     B, L, H = u.shape
     N = kernel.d_state
     steps = L + 1
-    u_steps = nn.functional.pad(u, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()  # (L+1, H, B)
+    u_steps = scan_inputs(u)  # (L+1, H, B)
     weight = stack.weight64.permute(0, 2, 1).contiguous()  # (H, N+2, N+1): the copies summed, as the product reads them
     factors = [stack.scale] + [f for f in (stack.drift_alpha, stack.out_scale) if f is not None]
     factors = torch.stack([f.expand(H, 1, N + 1)[:, 0] for f in factors]).float().contiguous()  # (F, H, N+1)
@@ -394,9 +397,6 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     two_groups = len(groups) == 2
     state_columns = N if two_groups else N + 1
     y = u.new_empty(L, H, B)
-    in_step = converter_step(io.inp_res, io.inp_bound) if not perfect and io.inp_res > 0 else 1.0
-    state_step = converter_step(io.out_res, io.out_bound) if not perfect and io.out_res > 0 else 1.0
-    y_step = converter_step(y_io.out_res, y_io.out_bound) if not perfect and y_io.out_res > 0 else 1.0
     # DAC ranges; without them the kernel reads none (HAS_RANGE), and any tensor fills the argument
     ranges = stack.input_range.reshape(H).float().contiguous() if stack.input_range is not None else factors
     grid = (H, triton.cdiv(B, BLOCK_B))
@@ -404,8 +404,9 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     _scan_kernel[grid](
         u_steps, y, weight, ranges, factors, strength, tables, scales,
         steps, B, H,
-        *scalar_pair(in_step), float(io.inp_bound),
-        *scalar_pair(state_step), float(io.out_bound), *scalar_pair(y_step), float(y_io.out_bound),
+        *converter_scalars(io, io.inp_res, io.inp_bound), float(io.inp_bound),
+        *converter_scalars(io, io.out_res, io.out_bound), float(io.out_bound),
+        *converter_scalars(y_io, y_io.out_res, y_io.out_bound), float(y_io.out_bound),
         float(io.nm_thres) if not perfect else 0.0,
         N=N, NP=modes, FACTORS=factors.shape[0],
         STATE_PAIRS=(state_columns + 1) // 2, Y_PAIRS=1 if two_groups else (N + 2) // 2, Y_COLUMN=0 if two_groups else N,
@@ -425,6 +426,4 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def fused_scan_ref(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     """Twin of `fused_scan`: `StaticScan`'s steps, eagerly."""
-    from .kernel import StaticScan
-
     return StaticScan(kernel, stack, u).run()
