@@ -14,16 +14,19 @@ disturbed by other jobs). The reference loops over time and channel; when it wou
 the first --ref-steps steps only and its time is scaled to the full length (the cost per step is
 constant), which the output says.
 
-CPU runs use one thread by default: each step's operations touch only a few MB, too little to gain
-from a second thread, and on a machine shared with other jobs an OpenMP thread that waits for a
-descheduled sibling costs milliseconds per operation.
+CPU runs use one thread by default: the reference's operations are too small to gain from a second,
+and one thread is the fair comparison for both. `--threads 2` lets the compiled loop spread its
+blocks of sequences over two cores.
 
-Measured on the project's 2-core CPU (one thread, the machine shared with other jobs): static ranges
-10-14x, dynamic 7-9x, partial products 10-16x. The ratio is bounded by the hardware, not the Python:
-the reference's step (6-8 ms) is some 2300 small tensor operations on (B, n) slices, the fast path's
-(0.55-0.66 ms) 11 elementwise passes over the 2 MB state and a sum over the modes, each pass streamed
-from L3 at 25-55 µs (the true division is the dearest). Even one fused loop per step, the same
-arithmetic compiled by torch.compile, took 0.31-0.38 ms a step: 18-19x.
+On the CPU the fast path is the compiled loop (aimc_ssm.quant.numba_scan): blocks of 64 sequences
+run all L steps side by side, one vector operation across a block's sequences for every operation of
+a step, bit for bit the eager scan (`eager_scan`). The first run in a fresh checkout compiles it
+(about 20 s, cached after in the package's __pycache__); the warm-up call keeps that out of the timing.
+Measured on the project's 2-core CPU (one thread, shared with other jobs): static ranges 28-33x,
+dynamic 24x, partial products 32x; the eager scan took 10-14x, 7-9x and 10-16x. What bounds the
+compiled loop: the state's true division by its grid step, twice per mode (x / scale must be a true
+division to round as the quantizer does): rounding the state onto its static grid took 40 % of a
+block's step (8.4 of 20.9 µs).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@
 
 Complex numbers travel as two real planes (Re, Im) stacked on a leading axis, so one step is a few
 real tensor operations over batch, channels and modes at once (`quantized_scan`, `quantized_step`).
+Without autograd, `quantized_scan` runs the compiled loop of aimc_ssm.quant.numba_scan on the CPU
+(float32, the quantizers it names as supported) and `eager_scan`, its bit-exact twin, elsewhere.
 `quantized_scan_ref` is the plain twin, looping over time and channel; it performs the same float
 operations in the same order on the state, so both take the same rounding decisions and the tests
 hold them equal. (Its sum over modes for y runs in another order: the last float bit of y before Q_y
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from . import numba_scan
 from .quantizers import ComplexQuantizer, Grid, fake_quantize_, grid, polar_to_cartesian, tensor_ranges, to_planes
 
 
@@ -40,7 +43,7 @@ def next_state(x: torch.Tensor, u_t: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 
 class _ChannelMajorRounding:
-    """A ComplexQuantizer applied in place to the channel-major planes (2, H, B, n) of `_scan_no_grad`.
+    """A ComplexQuantizer applied in place to the channel-major planes (2, H, B, n) of `eager_scan`.
 
     A cartesian quantizer whose ranges are extremes or percentiles rounds the planes where they lie:
     those ranges do not depend on the order the values are visited in, so the channel-major values give
@@ -94,7 +97,9 @@ def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = Non
     """The whole sequence as deployed: u (B, L, H) -> y (B, L, H); x0 complex (B, H, n) or zeros.
 
     With autograd (training in recurrent mode) every step allocates its results; without, the
-    state is updated in place in a preallocated buffer (`_scan_no_grad`)."""
+    compiled loop (`numba_scan.compiled_scan`) runs wherever `numba_scan.unsupported` finds nothing
+    against it, and `eager_scan`, which updates the state in place, everywhere else: both give the
+    same bits."""
     dA, dB, C, D = params
     batch, L, H = u.shape
     A, B, C2 = to_planes(dA), to_planes(dB), output_planes(C)  # (2, H, n) each
@@ -106,10 +111,11 @@ def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = Non
             x = next_state(x, u_steps[t], A, B, quant)
             ys.append((x * C2[:, None]).sum(-1).sum(0))
         return quant.y(torch.stack(ys, dim=1)) + D * u
-    return _scan_no_grad(u, A, B, C2, D, quant, x)
+    scan = eager_scan if numba_scan.unsupported(u, quant, A.shape[-1]) else numba_scan.compiled_scan
+    return scan(u, A, B, C2, D, quant, x)
 
 
-def _scan_no_grad(u, A, B, C2, D, quant, x) -> torch.Tensor:
+def eager_scan(u, A, B, C2, D, quant, x) -> torch.Tensor:
     """`quantized_scan` without autograd: the state updated in place, beside one buffer of products.
 
     The planes are laid out channel-major, (2, H, B, n): the per-channel operands (grid scale and
@@ -125,7 +131,11 @@ def _scan_no_grad(u, A, B, C2, D, quant, x) -> torch.Tensor:
     core's L2 cache and every pass streams it from L3; the division is the dearest pass. Batch chunks
     small enough to stay in L2 were measured no faster (H=16, n=32, 1 thread: 32 and 64 sequences per
     chunk took 1.4x and 1.1x the unchunked time, 125 the same): every chunk pays every operation's
-    dispatch again. The views of the buffers are made once, not every step, for the same reason."""
+    dispatch again. The views of the buffers are made once, not every step, for the same reason.
+    The compiled loop (`numba_scan`) fuses a step's passes and keeps a block of states in cache.
+
+    The twin of `numba_scan.compiled_scan`, with its signature: u (B, L, H), planes A, B, C2 (2, H, n),
+    D (H,), state planes x (2, B, H, n) -> y (B, L, H)."""
     batch, L, H = u.shape
     x = x.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (2, H, B, n), the loop's own
     prod = torch.empty_like(x)
