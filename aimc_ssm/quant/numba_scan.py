@@ -49,8 +49,9 @@ numba.config.THREADING_LAYER = "workqueue"
 NONE, STATIC, DYNAMIC_SYMMETRIC, DYNAMIC_ASYMMETRIC = range(4)
 # the step's quantizers, in the order the loop applies them
 SLOTS = ("partial_Ax", "partial_Bu", "state")
-# sequences per block: measured on the project's CPU (1 thread, batch 500), 32 to 128 lanes ran the
-# benchmark equally fast and 16 a third slower (every loop pays its entry checks over fewer values)
+# sequences per block: on the project's CPU (1 thread, batch 500, an earlier form of this loop) 32 to
+# 128 lanes ran the benchmark about equally fast and 16 a third slower: every inner loop pays its
+# entry checks (LLVM's run-time alias tests) over fewer values
 LANES = 64
 VECTOR = 16  # floats in the widest vector register (AVX-512): blocks are whole vectors
 # torch.sum folds rows of fewer vectors than this without its cascade of partial sums
@@ -513,3 +514,15 @@ def compiled_scan(u, A, B, C2, D, quant, x) -> torch.Tensor:
     if not quant.y.is_float:
         y = quant.y(y)  # its ranges from batch-major values, as the other paths take them
     return torch.add(y, D * u, out=u.new_empty(batch, L, H))
+
+
+def compile_loop() -> None:
+    """Compile the loop into numba's cache (the package's __pycache__) with one tiny scan: setup.sh
+    calls it, so that no study or test pays the compilation (about 30 s on the project's CPU). Every
+    scan shares one compiled signature: the quantizers' settings are values, not types."""
+    from .precision import PrecisionSpec
+    from .quantize import SSMQuantization
+
+    quant = SSMQuantization(PrecisionSpec.channel_asym(8, 16, ranges="dynamic"))
+    u, planes = torch.zeros(1, 2, 1), torch.zeros(2, 1, 1)
+    compiled_scan(u, planes, planes, planes, torch.zeros(1), quant, torch.zeros(2, 1, 1, 1))
