@@ -22,7 +22,8 @@ Floors: the work no implementation of the step can skip, timed in the same run, 
            the counter-based normals of every output (`SequenceDraws.normal_`, each sequence its stream);
            copies that read the same inputs summed before the product, N+2 rows.
 The float32 floor is not reachable by per-sequence reads: their product is float64 and their normals
-are hashed, not drawn from torch's generator; the "own" floor is the one they can reach. On a GPU both
+are hashed, not drawn from torch's generator; the "own" floor is the one they can reach. The run shows
+why, measured: the share of a sequence's float32 products that change when it is read alone. On a GPU both
 floors are timed eagerly and as CUDA graphs of 16 steps; ratios are against the faster. The Triton scan
 keeps per-sequence reads' float64 product and hashed normals, in one kernel for the whole scan.
 """
@@ -156,6 +157,9 @@ def main() -> None:
             floors[name] = min(times.values())
             detail = ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
             print(f"floor {name:7s} (matmul, {noise}):{' ' * (18 - len(noise))}{floors[name]:8.3f} s   ({detail}; fused kernel: {fused / floors[name]:.2f}x this floor)")
+            if name == "float32":
+                print(f"  its product is not per-sequence: {floor.batch_dependence():.0%} of a sequence's outputs change "
+                      "when it is read alone, not in its batch")
     if args.profile:
         profile(kernel, u[:, : args.profile], args.compute)
     print(f"speed-up of the fused kernel over the reference: {ref / fused:.1f}x (a kernel at the float32 floor would reach {ref / floors['float32']:.1f}x)")
@@ -207,6 +211,13 @@ class Floor:
             self.step += 1
         else:
             self.step.add_(1)
+
+    def batch_dependence(self) -> float:
+        """Share of the first sequence's float32 products that differ between a read of it alone and a read
+        of the whole batch: BLAS sums in an order that depends on the batch's size, which is why per-sequence
+        reads multiply in float64, and why the float32 floor is no floor for them."""
+        alone = torch.bmm(self.inp[:, :1], self.weight)
+        return (alone != torch.bmm(self.inp, self.weight)[:, :1]).float().mean().item()
 
     def run(self, steps: int) -> None:
         self.step = 0

@@ -11,7 +11,7 @@ import torch
 
 from aimc_ssm.core.model import ModelConfig, S4DModel
 from aimc_ssm.quant import numba_scan
-from aimc_ssm.quant.numba_scan import _row_sums, compiled_scan, torch_sum_width, unsupported
+from aimc_ssm.quant.numba_scan import _row_sums, compiled_scan, torch_addcmul_fuses, torch_sum_width, unsupported
 from aimc_ssm.quant.precision import PrecisionSpec
 from aimc_ssm.quant.qrecurrent import eager_scan, output_planes, quantized_scan
 from aimc_ssm.quant.quantize import calibrate, quantize_
@@ -80,8 +80,9 @@ def test_row_sums_follow_torch_sums_order(n):
     assert np.array_equal(out, torch.sum(rows, -1).numpy())
 
 
-def test_torch_sums_width_is_recognised_on_this_cpu():
+def test_torch_sums_width_and_addcmuls_rounding_are_recognised_on_this_cpu():
     assert torch_sum_width() in (4, 8, 16, 32)
+    assert torch_addcmul_fuses() in (True, False)
 
 
 @pytest.mark.parametrize("ranges, partial_products", [("static", False), ("dynamic", False), ("static", True), ("dynamic", True)])

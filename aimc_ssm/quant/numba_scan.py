@@ -13,7 +13,8 @@ It is bit for bit `eager_scan`, its twin with the same signature (tests/test_num
 value sees the same float32 operations in the same order.
 - numba compiles without fast-math, so LLVM neither contracts a·b + c into a fused multiply-add nor
   turns x / scale into a multiplication by a reciprocal; float32 values meet only float32 constants.
-  Where torch itself fuses (addcmul's vector loop computes c + a·b with one rounding), `fma` does too.
+  Where torch itself fuses (its addcmul, built with FMA, computes c + a·b with one rounding), `fma`
+  does too: `torch_addcmul_fuses` probes which of the two roundings torch's addcmul takes, once.
 - Rounding is half to even (np.rint), as torch.round.
 - y's sum over the modes follows torch.sum's order for a contiguous row (`_row_sums`), with torch's
   vector width on this CPU found once by probing torch.sum (`torch_sum_width`).
@@ -24,7 +25,7 @@ value sees the same float32 operations in the same order.
 devices other than the CPU, dtypes other than float32, polar or ternary quantizers, quantizers still
 observing, dynamic ranges pooled over the batch, with a held zero point or at a percentile that
 selects below the extremes, rows of 64 vectors or more (torch.sum then cascades its partial sums),
-and a CPU whose torch.sum order was not recognised. Static ranges (the deployed chip's) and dynamic per-sequence extremes run, per
+and a CPU whose torch.sum order or addcmul rounding was not recognised. Static ranges (the deployed chip's) and dynamic per-sequence extremes run, per
 tensor, channel or plane, with any clamp and partial products.
 """
 from __future__ import annotations
@@ -99,6 +100,8 @@ def unsupported(u: torch.Tensor, quant, n: int) -> str | None:
     width = torch_sum_width()
     if width is None:
         return "torch.sum's order over a row was not recognised on this CPU"
+    if torch_addcmul_fuses() is None:
+        return "torch's addcmul rounds in neither way the loop knows on this CPU"
     if n // width >= MAX_VECTORS:
         return f"{n} modes: torch.sum cascades rows of {MAX_VECTORS} vectors or more"
     for name in SLOTS:
@@ -219,7 +222,7 @@ def torch_sum_width() -> int | None:
     return None
 
 
-# -- the loop: a block's sequences side by side, every operation one vector across them ----------
+# -- torch's addcmul: y's terms -------------------------------------------------------------------
 @intrinsic
 def fma(typingctx, a, b, c):
     """a·b + c rounded once (LLVM's fma), as torch's vectorized addcmul computes c + a·b."""
@@ -229,6 +232,42 @@ def fma(typingctx, a, b, c):
     return types.float32(types.float32, types.float32, types.float32), codegen
 
 
+@njit(cache=True, error_model="numpy")
+def _output_term(re, im, c_re, c_im, fused):
+    """A mode's term of 2·Re(C·x) = Re x·(2 Re C) + Im x·(-2 Im C), as `eager_scan`'s addcmul computes it:
+    the second product added to the first with one rounding (fused) or two."""
+    return fma(im, c_im, re * c_re) if fused else re * c_re + im * c_im
+
+
+@functools.cache
+def torch_addcmul_fuses() -> bool | None:
+    """Whether torch's addcmul on this CPU adds its product with one rounding (a fused multiply-add, as
+    its vector loop does where it is compiled with FMA), with two, or (None) in neither way; probed
+    once on `eager_scan`'s shapes, a vector loop (32 modes) and a scalar one (5 modes)."""
+    generator = torch.Generator().manual_seed(0)
+    found = set()
+    for n in (32, 5):
+        re, im, c_re, c_im = (torch.randn(3, 40, n, generator=generator) for _ in range(4))
+        c_re, c_im = c_re[:, :1], c_im[:, :1]  # (H, 1, n), broadcast over the batch as in eager_scan
+        got = torch.mul(re, c_re).addcmul_(im, c_im).numpy()
+        flat = [np.ascontiguousarray(t.expand_as(re).numpy()).ravel() for t in (re, im, c_re, c_im)]
+        matches = {fused for fused in (True, False) if np.array_equal(_output_terms(*flat, fused), got.ravel())}
+        if len(matches) != 1:
+            return None
+        found |= matches
+    return found.pop() if len(found) == 1 else None
+
+
+@njit(cache=True, error_model="numpy")
+def _output_terms(re, im, c_re, c_im, fused):
+    """`_output_term` of flat arrays."""
+    out = np.empty_like(re)
+    for i in range(re.shape[0]):
+        out[i] = _output_term(re[i], im[i], c_re[i], c_im[i], fused)
+    return out
+
+
+# -- the loop: a block's sequences side by side, every operation one vector across them ----------
 @njit(cache=True, error_model="numpy")
 def _clamp(v, c):
     """v (H, n, lanes) clamped at ±c in place."""
@@ -356,7 +395,7 @@ def _round(re, im, slot, modes, per_plane, per_channel, q_tensor, scalars, stati
 
 
 @njit(cache=True, error_model="numpy")
-def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, terms,
+def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, fused, terms,
           acc, rounding):
     """One step of a block: state planes x_re, x_im (H, n, lanes) in place, u_t (H, lanes) ->
     y_t (H, lanes) = 2·Re(C·x_t); `rounding`: `_round`'s arguments after the slot.
@@ -368,7 +407,8 @@ def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re
     modes, scalars = rounding[0], rounding[4]
     partial = modes[0] != NONE or modes[1] != NONE
     if not partial and (modes[2] == NONE or (modes[2] == STATIC and scalars[2, 0] == np.inf)):
-        _elementwise_step(x_re, x_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, terms, acc, rounding)
+        _elementwise_step(x_re, x_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, fused, terms, acc,
+                          rounding)
         return
     H, n, lanes = x_re.shape
     q_tensor, scale, q_lo = rounding[3], rounding[7], rounding[8]
@@ -414,15 +454,16 @@ def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re
                     re = _on_grid(xr[j], s_re[j], ql_re[j], q_tensor[2], span, offset, q_min, q_max)
                     im = _on_grid(xi[j], s_im[j], ql_im[j], q_tensor[2], span, offset, q_min, q_max)
                     xr[j], xi[j] = re, im
-                    row[j] = fma(im, ci, re * cr)
+                    row[j] = _output_term(re, im, cr, ci, fused)
             else:
                 for j in range(lanes):
-                    row[j] = fma(xi[j], ci, xr[j] * cr)
+                    row[j] = _output_term(xr[j], xi[j], cr, ci, fused)
         _row_sums(terms, width, y_t[h], acc)
 
 
 @njit(cache=True, error_model="numpy")
-def _elementwise_step(x_re, x_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, terms, acc, rounding):
+def _elementwise_step(x_re, x_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, fused, terms, acc,
+                      rounding):
     """`_step` where every operation before y's sum is elementwise: Ā ⊙ x + B̄·u_t, the state onto its
     static grid (if it has one) and y's terms in one pass, each state value loaded and stored once."""
     H, n, lanes = x_re.shape
@@ -444,22 +485,23 @@ def _elementwise_step(x_re, x_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, 
                     re = _on_grid(re, s_re, ql_re, on_range, span, offset, q_min, q_max)
                     im = _on_grid(im, s_im, ql_im, on_range, span, offset, q_min, q_max)
                     xr[j], xi[j] = re, im
-                    row[j] = fma(im, ci, re * cr)
+                    row[j] = _output_term(re, im, cr, ci, fused)
             else:
                 for j in range(lanes):
                     re, im = xr[j], xi[j]
                     re, im = (re * a_re + im * minus_a_im) + bk_re * u[j], (im * a_re + re * a_im) + bk_im * u[j]
                     xr[j], xi[j] = re, im
-                    row[j] = fma(im, ci, re * cr)
+                    row[j] = _output_term(re, im, cr, ci, fused)
         _row_sums(terms, width, y_t[h], acc)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _scan_blocks(u, ar, ai, minus_ai, b_re, b_im, c_re, c_im, x0, y, width, modes, per_plane, per_channel,
+def _scan_blocks(u, ar, ai, minus_ai, b_re, b_im, c_re, c_im, x0, y, width, fused, modes, per_plane, per_channel,
                  q_tensor, scalars, static_scale, static_q_lo):
     """Blocks of `lanes` sequences: u (blocks, L, H, lanes), Ā/B̄/C planes (H, n), x0 (blocks, 2, H, n, lanes)
     -> y (blocks, L, H, lanes) = 2·Re(C·x_t), before Q_y.
 
+    width: torch.sum's vector width; fused: whether torch's addcmul rounds once (`_output_term`);
     modes, per_plane, per_channel, q_tensor (3,): the quantizers partial_Ax, partial_Bu, state;
     scalars (3, 6): clamp, span, offset, q_min, q_max, steps; static_scale, static_q_lo (3, 2, H)."""
     blocks, L, H, lanes = u.shape
@@ -473,7 +515,7 @@ def _scan_blocks(u, ar, ai, minus_ai, b_re, b_im, c_re, c_im, x0, y, width, mode
         rounding = (modes, per_plane, per_channel, q_tensor, scalars, static_scale, static_q_lo, scale, q_lo, lo, hi)
         for t in range(L):
             _step(x_re, x_im, bu_re, bu_im, u[block, t], y[block, t], ar, ai, minus_ai, b_re, b_im, c_re, c_im,
-                  width, terms, acc, rounding)
+                  width, fused, terms, acc, rounding)
 
 
 def _blocks(t: torch.Tensor, batch_axis: int, lanes: int) -> np.ndarray:
@@ -502,7 +544,7 @@ def compiled_scan(u, A, B, C2, D, quant, x) -> torch.Tensor:
     y = np.empty((-(-batch // lanes), L, H, lanes), np.float32)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     _scan_blocks(
-        _blocks(u, 0, lanes), *planes, _blocks(x, 1, lanes), y, torch_sum_width(),
+        _blocks(u, 0, lanes), *planes, _blocks(x, 1, lanes), y, torch_sum_width(), torch_addcmul_fuses(),
         np.array([s.mode for s in slots], np.int64),
         np.array([s.per_plane for s in slots]), np.array([s.per_channel for s in slots]),
         np.array([s.q_tensor for s in slots]),
