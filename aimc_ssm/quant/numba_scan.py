@@ -397,6 +397,12 @@ def _round(re, im, slot, modes, per_plane, per_channel, q_tensor, scalars, stati
 
 
 @njit(cache=True, error_model="numpy")
+def _advance(re, im, a_re, a_im, minus_a_im, b_re, b_im, u):
+    """One mode's Ā ⊙ x + B̄·u_t, every product and sum rounded in `eager_scan`'s order."""
+    return (re * a_re + im * minus_a_im) + b_re * u, (im * a_re + re * a_im) + b_im * u
+
+
+@njit(cache=True, error_model="numpy")
 def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, c_im, width, fused, terms,
           acc, rounding):
     """One step of a block: state planes x_re, x_im (H, n, lanes) in place, u_t (H, lanes) ->
@@ -428,9 +434,7 @@ def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re
                     pi[j] = bk_im * u[j]
             else:
                 for j in range(lanes):
-                    re, im = xr[j], xi[j]
-                    xr[j] = (re * a_re + im * minus_a_im) + bk_re * u[j]  # Ā ⊙ x + B̄·u_t, every operation rounded
-                    xi[j] = (im * a_re + re * a_im) + bk_im * u[j]
+                    xr[j], xi[j] = _advance(xr[j], xi[j], a_re, a_im, minus_a_im, bk_re, bk_im, u[j])
     if partial:
         if modes[0] != NONE:
             _round(x_re, x_im, 0, *rounding)
@@ -451,15 +455,13 @@ def _step(x_re, x_im, bu_re, bu_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re
         s_re, s_im, ql_re, ql_im = scale[0, h], scale[1, h], q_lo[0, h], q_lo[1, h]
         for k in range(n):  # the state onto its grid; 2·Re(C·x) as addcmul: x_im·c_im + x_re·c_re rounded once
             xr, xi, row, cr, ci = x_re[h, k], x_im[h, k], terms[k], c_re[h, k], c_im[h, k]
-            if rounds:
-                for j in range(lanes):
-                    re = _on_grid(xr[j], s_re[j], ql_re[j], q_tensor[2], span, offset, q_min, q_max)
-                    im = _on_grid(xi[j], s_im[j], ql_im[j], q_tensor[2], span, offset, q_min, q_max)
+            for j in range(lanes):
+                re, im = xr[j], xi[j]
+                if rounds:
+                    re = _on_grid(re, s_re[j], ql_re[j], q_tensor[2], span, offset, q_min, q_max)
+                    im = _on_grid(im, s_im[j], ql_im[j], q_tensor[2], span, offset, q_min, q_max)
                     xr[j], xi[j] = re, im
-                    row[j] = _output_term(re, im, cr, ci, fused)
-            else:
-                for j in range(lanes):
-                    row[j] = _output_term(xr[j], xi[j], cr, ci, fused)
+                row[j] = _output_term(re, im, cr, ci, fused)
         _row_sums(terms, width, y_t[h], acc)
 
 
@@ -480,20 +482,13 @@ def _elementwise_step(x_re, x_im, u_t, y_t, ar, ai, minus_ai, b_re, b_im, c_re, 
         for k in range(n):
             a_re, a_im, minus_a_im, bk_re, bk_im = ar[h, k], ai[h, k], minus_ai[h, k], b_re[h, k], b_im[h, k]
             xr, xi, row, cr, ci = x_re[h, k], x_im[h, k], terms[k], c_re[h, k], c_im[h, k]
-            if rounds:
-                for j in range(lanes):
-                    re, im = xr[j], xi[j]
-                    re, im = (re * a_re + im * minus_a_im) + bk_re * u[j], (im * a_re + re * a_im) + bk_im * u[j]
+            for j in range(lanes):
+                re, im = _advance(xr[j], xi[j], a_re, a_im, minus_a_im, bk_re, bk_im, u[j])
+                if rounds:
                     re = _on_grid(re, s_re, ql_re, on_range, span, offset, q_min, q_max)
                     im = _on_grid(im, s_im, ql_im, on_range, span, offset, q_min, q_max)
-                    xr[j], xi[j] = re, im
-                    row[j] = _output_term(re, im, cr, ci, fused)
-            else:
-                for j in range(lanes):
-                    re, im = xr[j], xi[j]
-                    re, im = (re * a_re + im * minus_a_im) + bk_re * u[j], (im * a_re + re * a_im) + bk_im * u[j]
-                    xr[j], xi[j] = re, im
-                    row[j] = _output_term(re, im, cr, ci, fused)
+                xr[j], xi[j] = re, im
+                row[j] = _output_term(re, im, cr, ci, fused)
         _row_sums(terms, width, y_t[h], acc)
 
 

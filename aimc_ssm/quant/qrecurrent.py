@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from . import numba_scan
 from .quantizers import ComplexQuantizer, Grid, fake_quantize_, grid, polar_to_cartesian, tensor_ranges, to_planes
 
 
@@ -111,8 +110,12 @@ def quantized_scan(u: torch.Tensor, params, quant, x0: torch.Tensor | None = Non
             x = next_state(x, u_steps[t], A, B, quant)
             ys.append((x * C2[:, None]).sum(-1).sum(0))
         return quant.y(torch.stack(ys, dim=1)) + D * u
-    scan = eager_scan if numba_scan.unsupported(u, quant, A.shape[-1]) else numba_scan.compiled_scan
-    return scan(u, A, B, C2, D, quant, x)
+    if u.device.type == "cpu":  # numba (a quarter second to import) loads only where its loop can run
+        from . import numba_scan
+
+        if numba_scan.unsupported(u, quant, A.shape[-1]) is None:
+            return numba_scan.compiled_scan(u, A, B, C2, D, quant, x)
+    return eager_scan(u, A, B, C2, D, quant, x)
 
 
 def eager_scan(u, A, B, C2, D, quant, x) -> torch.Tensor:
