@@ -36,8 +36,10 @@ fi
 pip install -r requirements.txt
 "$PY" -m pip show aimc-ssm >/dev/null 2>&1 || pip install --no-build-isolation --no-deps -e .
 
-# 4. the quantized recurrence's CPU loop compiled once into numba's cache (aimc_ssm/quant/__pycache__)
+# 4. the CPU loops compiled once into numba's cache (the packages' __pycache__): the quantized
+#    recurrence's and the fused kernel's
 "$PY" -c "from aimc_ssm.quant.numba_scan import compile_loop; compile_loop()"
+"$PY" -c "from aimc_ssm.analog.numba_scan import compile_loops; compile_loops()"
 
 # 5. self-check: a compiled-tile and a pure-PyTorch-tile layer both run forward and backward.
 "$PY" - <<'PYCHECK'

@@ -6,8 +6,9 @@
     .venv/bin/python benchmarks/bench_fused_kernel.py --set forward.out_noise=0   # converters only, no noise draws
     .venv/bin/python benchmarks/bench_fused_kernel.py --batch 100 --copies 4 --y-adc-range 8   # adc_sweep's kernels
 
-All runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel, `CrossbarStack.step`; on a GPU
-the Triton scan where it runs the device's settings, else the steps captured in CUDA graphs, which --graphs
+All runs use the same programmed tiles: `FusedS4D.scan` (the fused kernel: on the CPU the compiled scan of
+aimc_ssm.analog.numba_scan where it runs the device's settings, which --steps compares with `StaticScan`'s
+steps; on a GPU the Triton scan where it runs them, else the steps captured in CUDA graphs, which --graphs
 also times), with --plain its plain twin `FusedS4D.scan_plain`, with --with-mvm the
 scan through aihwkit's `AnalogMVM.matmul` per step, and `FusedS4D.scan_ref`, one AnalogLinear call per
 channel and step. With --ref-steps the reference runs on the first steps of the sequence only and its time
@@ -19,8 +20,10 @@ Floors: the work no implementation of the step can skip, timed in the same run, 
            batched read.
   own      the kernel's own read under per-sequence reads (the default): the inputs cast to float64, the
            float64 matmul (a sequence's result must not depend on its batch) rounded back to float32, and
-           the counter-based normals of every output (`SequenceDraws.normal_`, each sequence its stream);
-           copies that read the same inputs summed before the product, N+2 rows.
+           the counter-based normals of every output, each sequence its stream: on the CPU their uniforms
+           hashed by the compiled scan's loop and torch's log, sqrt, cos and sin on them (what the
+           compiled scan must run), on a GPU `SequenceDraws.normal_`; copies that read the same inputs
+           summed before the product, N+2 rows.
 The float32 floor is not reachable by per-sequence reads: their product is float64 and their normals
 are hashed, not drawn from torch's generator; the "own" floor is the one they can reach. The run shows
 why, measured: the share of a sequence's float32 products that change when it is read alone. On a GPU both
@@ -32,13 +35,15 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy
 import torch
 from common import fastest
 
 from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
-from aimc_ssm.analog.draws import SequenceDraws
+from aimc_ssm.analog.draws import SequenceDraws, counter
 from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, copies_share_inputs, triton_scan_runs
+from aimc_ssm.analog.numba_scan import uniforms
 from aimc_ssm.core.s4d import S4D
 
 
@@ -63,6 +68,7 @@ def main() -> None:
     parser.add_argument("--ref-steps", type=int, default=None, help="time the reference on this many steps and scale")
     parser.add_argument("--with-mvm", action="store_true", help="also time the scan through AnalogMVM.matmul")
     parser.add_argument("--plain", action="store_true", help="also time the plain twin (FusedS4D.scan_plain)")
+    parser.add_argument("--steps", action="store_true", help="on cpu: also time StaticScan's steps, without the compiled scan")
     parser.add_argument("--graphs", action="store_true", help="on cuda: also time the scan as CUDA graphs of the step, without Triton")
     parser.add_argument("--eager", action="store_true", help="on cuda: also time the fast step without CUDA graphs or Triton")
     parser.add_argument("--compile-step", action="store_true", help="on cuda: compile the step (torch.compile) before capture")
@@ -119,7 +125,8 @@ def main() -> None:
             kernel(u[:, :2])  # warm-up, in which the Triton scan compiles for these settings
         fused, y = timed(lambda: kernel(u))
         graphs = f", CUDA graphs of {kernel.graph_steps} steps{', compiled step' if kernel.compile_step else ''}"
-        how = ", Triton scan" if triton else graphs if args.compute == "cuda" else ""
+        compiled = args.compute == "cpu" and kernel.numba and compiled_scan_runs(kernel, u)
+        how = ", Triton scan" if triton else graphs if args.compute == "cuda" else ", compiled scan" if compiled else ""
         print(f"fused kernel (execution {kernel.execution()}{how}):{' ' * max(1, 24 - len(how))}{fused:8.3f} s")
         if args.compute == "cuda" and (args.graphs or not triton) and kernel.graph_steps > 0:
             kernel.triton = False
@@ -138,6 +145,11 @@ def main() -> None:
             eager, y_eager = timed(lambda: kernel(u))
             kernel.triton, kernel.graph_steps, kernel.compile_step = True, args.graph_steps, compiled
             print(f"fused kernel, steps launched eagerly:           {eager:8.3f} s   ({eager / fused:.1f}x the fused kernel; agree {agreement(y, y_eager)})")
+        if args.steps and compiled:
+            kernel.numba = False
+            stepped, y_stepped = timed(lambda: kernel(u))
+            kernel.numba = True
+            print(f"StaticScan's steps:                             {stepped:8.3f} s   ({stepped / fused:.1f}x the fused kernel; agree {agreement(y, y_stepped)})")
         if args.plain:
             plain, y_plain = timed(lambda: kernel.scan_plain(u))
             print(f"plain twin (scan_plain):                        {plain:8.3f} s   ({plain / fused:.1f}x the fused kernel; agree {agreement(y, y_plain)})")
@@ -163,6 +175,12 @@ def main() -> None:
     if args.profile:
         profile(kernel, u[:, : args.profile], args.compute)
     print(f"speed-up of the fused kernel over the reference: {ref / fused:.1f}x (a kernel at the float32 floor would reach {ref / floors['float32']:.1f}x)")
+
+
+def compiled_scan_runs(kernel: FusedS4D, u: torch.Tensor) -> bool:
+    from aimc_ssm.analog.numba_scan import unsupported
+
+    return unsupported(kernel, kernel.crossbar_stack(u), u) is None
 
 
 def profile(kernel: FusedS4D, u: torch.Tensor, compute: str) -> None:
@@ -192,10 +210,14 @@ class Floor:
         self.weight = torch.randn(H, rows, N + 1, device=device)
         self.inp = torch.randn(H, batch, rows, device=device)
         self.out, self.noise = torch.empty(H, batch, N + 1, device=device), torch.empty(H, batch, N + 1, device=device)
-        if kind == "own":
-            self.weight64, self.inp64 = self.weight.double(), self.inp.double()
-            self.out64 = self.out.double()
-            self.sequence_draws = SequenceDraws(torch.arange(batch, device=device, dtype=torch.int32) * 7919)
+        if kind == "own":  # the per-sequence product's layout: weight (H, N+1, rows) @ inputs (H, rows, B)
+            self.weight64 = self.weight.double().transpose(1, 2).contiguous()
+            self.inp_t, self.inp64 = self.inp.transpose(1, 2).contiguous(), self.inp.double().transpose(1, 2).contiguous()
+            self.out64, self.out_t = torch.empty(H, N + 1, batch, dtype=torch.float64, device=device), torch.empty(H, N + 1, batch, device=device)
+            keys = torch.arange(batch, device=device, dtype=torch.int32) * 7919
+            self.sequence_draws = SequenceDraws(keys)
+            self.keys, pairs = keys.numpy().view("uint32") if device.type == "cpu" else None, (N + 2) // 2
+            self.uniforms = [torch.empty(H, pairs, batch, device=device) for _ in range(4)]  # radius, angle, cos, sin
         self.step = 0
 
     def read(self) -> None:
@@ -204,8 +226,14 @@ class Floor:
             if self.draws:
                 self.noise.normal_()
             return
-        self.out.copy_(torch.bmm(self.inp64.copy_(self.inp), self.weight64, out=self.out64))
-        if self.draws:
+        self.out_t.copy_(torch.bmm(self.weight64, self.inp64.copy_(self.inp_t), out=self.out64))
+        if self.draws and self.keys is not None:
+            radius, angle, cos, sin = self.uniforms
+            uniforms(self.keys, numpy.uint64(counter(self.step, 0, "output_noise", 0)), radius.numpy(), angle.numpy())
+            radius.log_().mul_(-2.0).sqrt_()
+            torch.cos(angle, out=cos)
+            torch.sin(angle, out=sin)
+        elif self.draws:
             self.sequence_draws.normal_(self.noise, self.step, 0, "output_noise", 0)
         if isinstance(self.step, int):
             self.step += 1

@@ -92,7 +92,10 @@ columns with one ADC range, so they take no y_adc_range.
 
 Speed. `scan` is the fast path and `scan_plain` its plain twin (one `CrossbarStack.step_plain` after
 the other): the same outputs, bit for bit. The fast step reuses its buffers (a fresh megabyte tensor
-costs more than the arithmetic on it) and draws all normals of a read in one pass. A GPU step is a few
+costs more than the arithmetic on it) and draws all normals of a read in one pass. On the CPU, where
+they run the settings (`numba`, the default; aimc_ssm.analog.numba_scan names what they do not run),
+compiled loops (numba) make each of the step's elementwise stages one pass over the batch around
+torch's float64 product and transcendental functions, with `StaticScan`'s outputs bit for bit. A GPU step is a few
 dozen small kernels, so there the cost is their launches: with per-sequence reads, whose draws are pure
 functions of counters, `StaticScan` holds the scan's buffers at fixed addresses and the step counter in
 a device tensor, captures `graph_steps` steps once in a CUDA graph and replays them over the sequence
@@ -220,6 +223,8 @@ class FusedS4D(nn.Module):
         # on a GPU: whether to scan with the Triton kernel where it runs the settings (aimc_ssm.analog.triton_scan),
         # else steps per captured CUDA graph (0: launch every step eagerly), and whether to compile the step
         self.triton, self.graph_steps, self.compile_step = True, GRAPH_STEPS, False
+        # on the CPU: whether to scan with the compiled loops where they run the settings (aimc_ssm.analog.numba_scan)
+        self.numba = True
         n_in, n_out = copies * (self.d_state + 2), self.d_state + 1
         config = crossbar_config(rpu_config, copies)
         check_crossbar_fits(config.mapping, n_in, n_out)
@@ -417,6 +422,11 @@ class FusedS4D(nn.Module):
             from .triton_scan import fused_scan
 
             return fused_scan(self, stack, u)
+        if u.device.type == "cpu" and self.numba:
+            from . import numba_scan  # numba (a quarter second to import) loads only where its loops can run
+
+            if numba_scan.unsupported(self, stack, u) is None:
+                return numba_scan.fused_scan(self, stack, u)
         scan = StaticScan(self, stack, u)
         if u.is_cuda and stack.draws.per_sequence and self.graph_steps > 0:
             scan.capture(self.graph_steps, self.compile_step)

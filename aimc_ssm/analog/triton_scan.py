@@ -51,7 +51,7 @@ import triton.language as tl
 
 from .draws import FMIX, LANE_STRIDE
 from .kernel import StaticScan, scan_inputs
-from .mvm import bound_management_attempts, converter_step
+from .mvm import attempt_scales, bound_management_attempts, converter_step, noise_management_code
 
 INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 if not INTERPRETED:
@@ -306,14 +306,6 @@ def _scan_kernel(
         t += 1
 
 
-def noise_management_code(kind) -> int:
-    """The kernel's code of one of the fast step's noise managements: 0 none or constant (one scale for
-    every vector, `attempt_scales`), 1 abs max, 2 max (per vector)."""
-    from aihwkit.simulator.parameters.enums import NoiseManagementType as Kind
-
-    return {Kind.NONE: 0, Kind.CONSTANT: 0, Kind.ABS_MAX: 1, Kind.MAX: 2}[kind]
-
-
 def unsupported(kernel, stack) -> str | None:
     """Why `fused_scan` cannot run this kernel's scan (module docstring), or None where it can. Per-sequence
     reads run the fast step's noise and bound management (`mvm.fast_path_supports`), as this kernel does."""
@@ -343,17 +335,6 @@ def converter_scalars(io, res: float, bound: float) -> tuple[float, float]:
         return 1.0, 1.0
     step = np.float32(converter_step(res, bound))
     return float(np.float32(1.0) / step), float(step)
-
-
-def attempt_scales(io, attempts: int) -> list[list[float]]:
-    """[input scales, output factors] of every bound-management attempt where noise management is none or
-    constant: `CrossbarStack.mvm_per_sequence_`'s scale = 1 / nm / 2^attempt and out_scale / scale, in
-    Python floats as it computes them (a per-vector nm is the kernel's)."""
-    from aihwkit.simulator.parameters.enums import NoiseManagementType
-
-    nm = io.nm_thres if io.noise_management == NoiseManagementType.CONSTANT and io.nm_thres > 0 else 1.0
-    scales = [1.0 / nm / 2.0**a for a in range(attempts)]
-    return [scales, [io.out_scale / scale for scale in scales]]
 
 
 @torch.no_grad()
