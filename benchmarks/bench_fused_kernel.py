@@ -43,7 +43,7 @@ from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws, counter
 from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, copies_share_inputs, triton_scan_runs
-from aimc_ssm.analog.numba_scan import uniforms
+from aimc_ssm.analog.numba_scan import uniforms, unsupported
 from aimc_ssm.core.s4d import S4D
 
 
@@ -178,8 +178,7 @@ def main() -> None:
 
 
 def compiled_scan_runs(kernel: FusedS4D, u: torch.Tensor) -> bool:
-    from aimc_ssm.analog.numba_scan import unsupported
-
+    """Whether the compiled CPU scan (aimc_ssm.analog.numba_scan) runs this kernel's scan of u."""
     return unsupported(kernel, kernel.crossbar_stack(u), u) is None
 
 
@@ -215,9 +214,10 @@ class Floor:
             self.inp_t, self.inp64 = self.inp.transpose(1, 2).contiguous(), self.inp.double().transpose(1, 2).contiguous()
             self.out64, self.out_t = torch.empty(H, N + 1, batch, dtype=torch.float64, device=device), torch.empty(H, N + 1, batch, device=device)
             keys = torch.arange(batch, device=device, dtype=torch.int32) * 7919
-            self.sequence_draws = SequenceDraws(keys)
-            self.keys, pairs = keys.numpy().view("uint32") if device.type == "cpu" else None, (N + 2) // 2
-            self.uniforms = [torch.empty(H, pairs, batch, device=device) for _ in range(4)]  # radius, angle, cos, sin
+            self.sequence_draws, self.keys = SequenceDraws(keys), None
+            if device.type == "cpu":  # the compiled scan's draws: its uniforms, then torch's functions on them
+                self.keys = keys.numpy().view("uint32")
+                self.uniforms = [torch.empty(H, (N + 2) // 2, batch) for _ in range(4)]  # radius, angle, cos, sin
         self.step = 0
 
     def read(self) -> None:

@@ -154,7 +154,7 @@ def test_ledger_counts_what_the_simulation_reads(monkeypatch):
         return step(stack, inp)
 
     monkeypatch.setattr(mvm.CrossbarStack, "step", counting_step)
-    for block in analog.blocks:  # the steps, where a read can be counted: the compiled CPU scan reads the same (its tests)
+    for block in analog.blocks:  # the steps, where a read can be counted; the compiled CPU scan's outputs are theirs (its tests)
         block.ssm.numba = False
     with torch.no_grad():
         analog(torch.randn(1, L, 1), "recurrent")

@@ -35,6 +35,10 @@ SETTINGS = {  # (device, overrides, FusedS4D options, mapping)
         "pcm", {"adc_bits": 0, "forward.out_bound": 0.0, "out_noise": 0.0}, {"y_adc_range": 0.3}, "balanced",
     ),
     "ideal, copies, y range, incremental": ("ideal", {}, {"copies": 2, "y_adc_range": 2.0}, "incremental"),
+    # a perfect read scales neither inputs nor outputs, whatever its out_scale and noise management say
+    "ideal, out_scale 2, constant noise management": (
+        "ideal", {"forward.out_scale": 2.0, "forward.noise_management": "constant", "forward.nm_thres": 3.0}, {}, "balanced",
+    ),
 }
 D_STATE = {"no DAC, N 10": 10, "no ADC bound but the y column's, N 18": 18}  # tiles of 16 and 32 modes, partly live
 

@@ -92,10 +92,10 @@ columns with one ADC range, so they take no y_adc_range.
 
 Speed. `scan` is the fast path and `scan_plain` its plain twin (one `CrossbarStack.step_plain` after
 the other): the same outputs, bit for bit. The fast step reuses its buffers (a fresh megabyte tensor
-costs more than the arithmetic on it) and draws all normals of a read in one pass. On the CPU, where
-they run the settings (`numba`, the default; aimc_ssm.analog.numba_scan names what they do not run),
-compiled loops (numba) make each of the step's elementwise stages one pass over the batch around
-torch's float64 product and transcendental functions, with `StaticScan`'s outputs bit for bit. A GPU step is a few
+costs more than the arithmetic on it) and draws all normals of a read in one pass. On the CPU, compiled
+loops (numba; `numba`, on by default) run the settings that aimc_ssm.analog.numba_scan admits: each of
+the step's elementwise stages one pass over the batch around torch's float64 product and transcendental
+functions, with `StaticScan`'s outputs bit for bit. A GPU step is a few
 dozen small kernels, so there the cost is their launches: with per-sequence reads, whose draws are pure
 functions of counters, `StaticScan` holds the scan's buffers at fixed addresses and the step counter in
 a device tensor, captures `graph_steps` steps once in a CUDA graph and replays them over the sequence
@@ -408,7 +408,8 @@ class FusedS4D(nn.Module):
         """All crossbars and the whole batch advance in one vectorized step: u (B, L, H) -> y (B, L, H).
 
         `scan_plain`'s outputs, bit for bit, through `CrossbarStack.step` (the Triton scan: but for
-        its rare float64 roundings, aimc_ssm.analog.triton_scan). On a GPU the step costs
+        its rare float64 roundings, aimc_ssm.analog.triton_scan). On the CPU the compiled loops of
+        aimc_ssm.analog.numba_scan run the scan where they run the settings (`numba`). On a GPU the step costs
         dozens of small kernels, each a launch: with per-sequence reads (whose draws are pure functions
         of their counters) the scan runs as one Triton kernel (`triton` and `triton_scan_runs`), or
         else steps through `StaticScan`, `graph_steps` steps captured once in a CUDA graph and

@@ -84,6 +84,8 @@ def attempt_scales(io, attempts: int) -> list[list[float]]:
     Python floats as it computes them (a per-vector nm is the compiled scans')."""
     from aihwkit.simulator.parameters.enums import NoiseManagementType
 
+    if io.is_perfect:
+        return [[1.0], [1.0]]  # a perfect read scales neither its inputs nor its outputs (`CrossbarStack.step_once`)
     nm = io.nm_thres if io.noise_management == NoiseManagementType.CONSTANT and io.nm_thres > 0 else 1.0
     scales = [1.0 / nm / 2.0**a for a in range(attempts)]
     return [scales, [io.out_scale / scale for scale in scales]]
@@ -127,9 +129,9 @@ class ColumnGroup:
         row groups that read the same inputs summed first (`CrossbarStack`'s shared_copies; module docstring).
 
         Per sequence the product runs as weight64 (H, columns, in) @ x^T (H, in, B), the batch the
-        GEMM's last axis: on the project's CPU (MKL, float64) a quarter faster than x @ weight^T, and
-        the layout of the compiled CPU scan (aimc_ssm.analog.numba_scan), whose products it gives bit for
-        bit. `matmul_plain`'s product, bit for bit (the same bmm on the same float64 operands), through
+        GEMM's last axis: on the project's CPU (MKL, float64) a quarter faster than x @ weight^T (on an
+        H200 the captured steps took as long as before), and the layout of the compiled CPU scan
+        (aimc_ssm.analog.numba_scan), whose products it gives bit for bit. `matmul_plain`'s product, bit for bit (the same bmm on the same float64 operands), through
         float64 buffers kept from step to step instead of fresh ones."""
         if not per_sequence:
             return torch.bmm(x, self.weight_t, out=out)

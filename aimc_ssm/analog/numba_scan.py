@@ -46,7 +46,7 @@ from numba import njit
 
 from .draws import FMIX, LANE_STRIDE, MASK, counter
 from .kernel import StaticScan, scan_inputs
-from .mvm import attempt_scales, bound_management_attempts, converter_step, noise_management_code
+from .mvm import attempt_scales, bound_management_attempts, converter_step, fast_path_supports, noise_management_code
 
 F32 = np.float32
 TWO_PI = F32(2 * math.pi)  # torch multiplies a float32 tensor by a Python scalar rounded to float32
@@ -79,6 +79,10 @@ def _ranged(v, r, has_range):
     return min(max(v, -r), r) / r if has_range else v
 
 
+# Each loop below is a function of one crossbar h; the functions after them (`_noise_management`, `_dac`,
+# `uniforms`, `_read`, `_finish`) call it for every crossbar in turn. Not in a parallel loop (numba's
+# prange): its compiled body vectorized less well, and a read took three times as long on one thread
+# (measured); the step's product and transcendental functions are torch's, on torch's threads.
 @njit(cache=True, error_model="numpy")
 def _crossbar_noise_management(h, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
     """Noise management per vector of crossbar h (nm_kind 1 abs max, 2 max, of its inputs through the input
@@ -155,15 +159,14 @@ def _crossbar_read(h, out64, radius, cos, sin, strength, noise, adc, out_step, c
                    inverse, reduction, factor, out_scale, last, pending, trial, out, first_column):
     """One attempt's read of a column group by crossbar h (`CrossbarStack.read_` and `mvm_per_sequence_`):
     the float64 product rounded to float32, plus the normals (radius (H, P, B) times cos or sin) times
-    strength[h], the ADC, its bound; the
-    vectors still pending that did not clip (or all at the last attempt) take the read times the attempt's
-    output factor into out[h] from first_column. Returns how many of its vectors are still pending."""
+    strength[h], the ADC, its bound; the vectors still pending that did not clip (or all at the last
+    attempt) take the read times the attempt's output factor into out[h] from first_column. Returns how
+    many of its vectors are still pending."""
     C, B = out64.shape[1:]
     P = radius.shape[1]
     factors = np.empty(B, np.float32)
     for b in range(B):
         factors[b] = (F32(1.0) / (inverse[h, b] / reduction)) * out_scale if per_vector else factor
-    # without bound management every vector takes this read: straight into out, times its factor
     peak = np.zeros(B, np.float32)
     for c in range(C):
         k = c if c < P else c - P
@@ -174,7 +177,7 @@ def _crossbar_read(h, out64, radius, cos, sin, strength, noise, adc, out_step, c
                 v = _converted(product[b], radius_k[b], trig[b], s, noise, adc, out_step)
                 peak[b] = max(peak[b], abs(v))
                 row[b] = min(max(v, -out_bound), out_bound) if clip else v
-        else:
+        else:  # no bound to check: every vector takes this read, straight into out, times its factor
             for b in range(B):
                 v = _converted(product[b], radius_k[b], trig[b], s, noise, adc, out_step)
                 target[b] = (min(max(v, -out_bound), out_bound) if clip else v) * factors[b]
@@ -221,12 +224,14 @@ def _crossbar_finish(h, out, silent, any_silent, factors, incremental, register,
 
 @njit(cache=True, error_model="numpy")
 def _noise_management(u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
+    """`_crossbar_noise_management` of every crossbar."""
     for h in range(register.shape[0]):
         _crossbar_noise_management(h, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent)
 
 
 @njit(cache=True, error_model="numpy")
 def _dac(u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac, in_step, clip, in_bound, x64):
+    """`_crossbar_dac` of every crossbar."""
     for h in range(register.shape[0]):
         _crossbar_dac(h, u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac, in_step,
                       clip, in_bound, x64)
@@ -257,6 +262,7 @@ def _read(out64, radius, cos, sin, strength, noise, adc, out_step, clip, out_bou
 
 @njit(cache=True, error_model="numpy")
 def _finish(out, silent, any_silent, factors, incremental, register, y):
+    """`_crossbar_finish` of every crossbar."""
     for h in range(out.shape[0]):
         _crossbar_finish(h, out, silent, any_silent, factors, incremental, register, y)
 
@@ -270,6 +276,8 @@ def unsupported(kernel, stack, u: torch.Tensor) -> str | None:
         return "inputs other than float32"
     if not stack.draws.per_sequence:
         return "batched reads draw from torch's stream"
+    if not fast_path_supports(io):
+        return "IO settings the fast step does not run (mvm.fast_path_supports)"
     if kernel.state_quantizer is not None:
         return "a PTQ/QAT state quantizer"
     if not io.is_perfect and (io.inp_noise > 0 or io.inp_sto_round or io.out_sto_round):
@@ -313,11 +321,12 @@ class _Group:
         self.scales, self.factors = [F32(v) for v in scales], [F32(v) for v in factors]
         self.reductions = [F32(2.0**a) for a in range(self.attempts)]
         self.out_scale = F32(1.0 if perfect else io.out_scale)
-        self.arrays = [t.numpy() for t in (self.out64, self.radius, self.cos, self.sin)]
+        self.out64_array, self.radius_array, self.angle_array = self.out64.numpy(), self.radius.numpy(), self.angle.numpy()
+        self.cos_array, self.sin_array = self.cos.numpy(), self.sin.numpy()
 
     def draw(self, keys: np.ndarray, step: int, attempt: int, index: int) -> None:
         """The radius, cosine and sine of this read's normals (`SequenceDraws.normal_`'s operations)."""
-        uniforms(keys, U64(counter(step, attempt, "output_noise", index)), self.arrays[1], self.angle.numpy())
+        uniforms(keys, U64(counter(step, attempt, "output_noise", index)), self.radius_array, self.angle_array)
         self.radius.log_().mul_(-2.0).sqrt_()
         torch.cos(self.angle, out=self.cos)
         torch.sin(self.angle, out=self.sin)
@@ -366,7 +375,7 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
                 if g.noise:
                     g.draw(keys, t, attempt, index)
                 left = _read(
-                    *g.arrays, g.strength, g.noise, g.adc, g.out_step, g.clip, g.out_bound, g.check, g.per_vector,
+                    g.out64_array, g.radius_array, g.cos_array, g.sin_array, g.strength, g.noise, g.adc, g.out_step, g.clip, g.out_bound, g.check, g.per_vector,
                     inverse, reduction, g.factors[attempt], g.out_scale, attempt == g.attempts - 1, pending, g.trial,
                     out, g.first_column,
                 )
