@@ -214,10 +214,11 @@ class Floor:
             self.inp_t, self.inp64 = self.inp.transpose(1, 2).contiguous(), self.inp.double().transpose(1, 2).contiguous()
             self.out64, self.out_t = torch.empty(H, N + 1, batch, dtype=torch.float64, device=device), torch.empty(H, N + 1, batch, device=device)
             keys = torch.arange(batch, device=device, dtype=torch.int32) * 7919
-            self.sequence_draws, self.keys = SequenceDraws(keys), None
             if device.type == "cpu":  # the compiled scan's draws: its uniforms, then torch's functions on them
                 self.keys = keys.numpy().view("uint32")
                 self.uniforms = [torch.empty(H, (N + 2) // 2, batch) for _ in range(4)]  # radius, angle, cos, sin
+            else:
+                self.sequence_draws = SequenceDraws(keys)
         self.step = 0
 
     def read(self) -> None:
@@ -227,7 +228,7 @@ class Floor:
                 self.noise.normal_()
             return
         self.out_t.copy_(torch.bmm(self.weight64, self.inp64.copy_(self.inp_t), out=self.out64))
-        if self.draws and self.keys is not None:
+        if self.draws and self.out.device.type == "cpu":
             radius, angle, cos, sin = self.uniforms
             uniforms(self.keys, numpy.uint64(counter(self.step, 0, "output_noise", 0)), radius.numpy(), angle.numpy())
             radius.log_().mul_(-2.0).sqrt_()

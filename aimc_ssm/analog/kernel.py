@@ -486,6 +486,22 @@ class FusedS4D(nn.Module):
         )
 
 
+def compiled_scan_unsupported(kernel: FusedS4D, stack: CrossbarStack) -> str | None:
+    """What neither compiled scan (aimc_ssm.analog.triton_scan on a GPU, aimc_ssm.analog.numba_scan on the
+    CPU) runs, or None: they compute per-sequence reads with the fast step's noise and bound management
+    (`mvm.fast_path_supports`), deterministic converters and no input noise, and no state quantizer."""
+    io = stack.io
+    if not stack.draws.per_sequence:
+        return "batched reads draw from torch's stream"
+    if not fast_path_supports(io):
+        return "IO settings the fast step does not run (mvm.fast_path_supports)"
+    if kernel.state_quantizer is not None:
+        return "a PTQ/QAT state quantizer"
+    if not io.is_perfect and (io.inp_noise > 0 or io.inp_sto_round or io.out_sto_round):
+        return "input noise or stochastic rounding"
+    return None
+
+
 def triton_scan_runs(kernel: FusedS4D, stack: CrossbarStack) -> bool:
     """Whether triton is installed and its scan (aimc_ssm.analog.triton_scan) runs these settings."""
     try:

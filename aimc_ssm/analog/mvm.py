@@ -129,9 +129,9 @@ class ColumnGroup:
         row groups that read the same inputs summed first (`CrossbarStack`'s shared_copies; module docstring).
 
         Per sequence the product runs as weight64 (H, columns, in) @ x^T (H, in, B), the batch the
-        GEMM's last axis: on the project's CPU (MKL, float64) a quarter faster than x @ weight^T (on an
-        H200 the captured steps took as long as before), and the layout of the compiled CPU scan
-        (aimc_ssm.analog.numba_scan), whose products it gives bit for bit. `matmul_plain`'s product, bit for bit (the same bmm on the same float64 operands), through
+        GEMM's last axis: on the project's CPU (MKL, float64) a quarter faster than x @ weight^T, and the
+        layout of the compiled CPU scan (aimc_ssm.analog.numba_scan), whose products it gives bit for
+        bit. `matmul_plain`'s product, bit for bit (the same bmm on the same float64 operands), through
         float64 buffers kept from step to step instead of fresh ones."""
         if not per_sequence:
             return torch.bmm(x, self.weight_t, out=out)

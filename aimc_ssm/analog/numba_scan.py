@@ -45,8 +45,8 @@ import torch
 from numba import njit
 
 from .draws import FMIX, LANE_STRIDE, MASK, counter
-from .kernel import StaticScan, scan_inputs
-from .mvm import attempt_scales, bound_management_attempts, converter_step, fast_path_supports, noise_management_code
+from .kernel import StaticScan, compiled_scan_unsupported, scan_inputs
+from .mvm import attempt_scales, bound_management_attempts, converter_step, noise_management_code
 
 F32 = np.float32
 TWO_PI = F32(2 * math.pi)  # torch multiplies a float32 tensor by a Python scalar rounded to float32
@@ -268,21 +268,13 @@ def _finish(out, silent, any_silent, factors, incremental, register, y):
 
 
 def unsupported(kernel, stack, u: torch.Tensor) -> str | None:
-    """Why `fused_scan` cannot run this scan (module docstring), or None where it can."""
-    io = stack.io
+    """Why `fused_scan` cannot run this scan (module docstring), or None where it can: inputs it does not
+    take, and what neither compiled scan runs (`kernel.compiled_scan_unsupported`)."""
     if u.device.type != "cpu":
         return "tensors off the CPU"
     if u.dtype != torch.float32:
         return "inputs other than float32"
-    if not stack.draws.per_sequence:
-        return "batched reads draw from torch's stream"
-    if not fast_path_supports(io):
-        return "IO settings the fast step does not run (mvm.fast_path_supports)"
-    if kernel.state_quantizer is not None:
-        return "a PTQ/QAT state quantizer"
-    if not io.is_perfect and (io.inp_noise > 0 or io.inp_sto_round or io.out_sto_round):
-        return "input noise or stochastic rounding"
-    return None
+    return compiled_scan_unsupported(kernel, stack)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from .draws import FMIX, LANE_STRIDE
-from .kernel import StaticScan, scan_inputs
+from .kernel import StaticScan, compiled_scan_unsupported, scan_inputs
 from .mvm import attempt_scales, bound_management_attempts, converter_step, noise_management_code
 
 INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
@@ -307,22 +307,17 @@ def _scan_kernel(
 
 
 def unsupported(kernel, stack) -> str | None:
-    """Why `fused_scan` cannot run this kernel's scan (module docstring), or None where it can. Per-sequence
-    reads run the fast step's noise and bound management (`mvm.fast_path_supports`), as this kernel does."""
+    """Why `fused_scan` cannot run this kernel's scan (module docstring), or None where it can: what
+    neither compiled scan runs (`kernel.compiled_scan_unsupported`) and the limits of this one."""
     io = stack.io
-    if not stack.draws.per_sequence:
-        return "batched reads draw from torch's stream"
-    if kernel.state_quantizer is not None:
-        return "a PTQ/QAT state quantizer"
+    reason = compiled_scan_unsupported(kernel, stack)
+    if reason is not None:
+        return reason
     if len(stack.groups) > 2:
         return "more than two column groups"
     if kernel.d_state > MAX_MODES:
         return f"a state of more than {MAX_MODES} modes"
-    if io.is_perfect:
-        return None
-    if io.inp_noise > 0 or io.inp_sto_round or io.out_sto_round:
-        return "input noise or stochastic rounding"
-    if io.out_scale != 1.0:
+    if not io.is_perfect and io.out_scale != 1.0:
         return "an out_scale other than 1"
     return None
 
