@@ -43,7 +43,7 @@ from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws, counter
 from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, copies_share_inputs, triton_scan_runs
-from aimc_ssm.analog.numba_scan import uniforms, unsupported
+from aimc_ssm.analog.numba_scan import loop_parts, uniforms, unsupported
 from aimc_ssm.core.s4d import S4D
 
 
@@ -216,6 +216,7 @@ class Floor:
             keys = torch.arange(batch, device=device, dtype=torch.int32) * 7919
             if device.type == "cpu":  # the compiled scan's draws: its uniforms, then torch's functions on them
                 self.keys = keys.numpy().view("uint32")
+                self.parts = loop_parts(H)
                 self.uniforms = [torch.empty(H, (N + 2) // 2, batch) for _ in range(4)]  # radius, angle, cos, sin
             else:
                 self.sequence_draws = SequenceDraws(keys)
@@ -230,7 +231,7 @@ class Floor:
         self.out_t.copy_(torch.bmm(self.weight64, self.inp64.copy_(self.inp_t), out=self.out64))
         if self.draws and self.out.device.type == "cpu":
             radius, angle, cos, sin = self.uniforms
-            uniforms(self.keys, numpy.uint64(counter(self.step, 0, "output_noise", 0)), radius.numpy(), angle.numpy())
+            uniforms(self.parts, self.keys, numpy.uint64(counter(self.step, 0, "output_noise", 0)), radius.numpy(), angle.numpy())
             radius.log_().mul_(-2.0).sqrt_()
             torch.cos(angle, out=cos)
             torch.sin(angle, out=sin)

@@ -1,6 +1,7 @@
 """The compiled CPU scan of the fused kernel (aimc_ssm.analog.numba_scan) against its twin, `StaticScan`'s steps."""
 import copy
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -66,10 +67,10 @@ def test_the_converters_round_half_to_even_as_torch_does():
     B = ties.shape[0]
     f32, zeros, ones = np.float32, np.zeros((1, B), np.float32), np.ones((1, B), np.float32)
     dac = np.empty((1, 3, B))  # the DAC, on the state row of the inputs
-    _dac(zeros, zeros, ties.reshape(1, 1, B).numpy(), ones[0, :1], False, ones, False, f32(1), f32(1), True, step, False, f32(1), dac)
+    _dac(1, zeros, zeros, ties.reshape(1, 1, B).numpy(), ones[0, :1], False, ones, False, f32(1), f32(1), True, step, False, f32(1), dac)
     assert torch.equal(torch.from_numpy(dac[0, 1]).float(), expected)
     adc, unused = np.empty((1, 1, B), np.float32), np.empty((1, 1, B), np.float32)  # the ADC, on a noiseless product
-    _read(ties.double().reshape(1, 1, B).numpy(), unused, unused, unused, ones[:, :1], False, True, step, False, f32(1),
+    _read(1, ties.double().reshape(1, 1, B).numpy(), unused, unused, unused, ones[:, :1], False, True, step, False, f32(1),
           False, False, ones, f32(1), f32(1), f32(1), True, np.ones((1, B), np.bool_), unused, adc, 0)
     assert torch.equal(torch.from_numpy(adc[0, 0]), expected)
 
@@ -85,6 +86,19 @@ def test_a_sequence_reads_the_same_alone_or_inside_any_batch_of_the_compiled_sca
         assert torch.equal(scan(inputs[b : b + 1])[0], together[b])
     order = torch.tensor([9, 3, 0, 7, 2, 1, 4, 6, 5, 8, 10, 11, 0, 3, 9, 9, 7])
     assert torch.equal(scan(inputs[order]), together[order])
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_the_outputs_do_not_depend_on_how_the_loops_split_the_crossbars(inputs, parts, monkeypatch):
+    fused = kernel(inputs, "no ADC rounding, abs-max and iterative management, y range")  # every loop, two groups
+    twin = fused_scan_ref(fused, fused.crossbar_stack(inputs), inputs)
+
+    def split(H):  # every thread numba has, H = 3 crossbars in `parts` parts (2: one of one, one of two)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        return parts
+
+    monkeypatch.setattr(numba_scan, "loop_parts", split)
+    assert torch.equal(fused_scan(fused, fused.crossbar_stack(inputs), inputs), twin)
 
 
 def test_the_kernel_scans_with_the_compiled_loops_on_the_cpu_where_they_run(inputs, monkeypatch):

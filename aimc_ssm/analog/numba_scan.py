@@ -33,8 +33,9 @@ lanes, so a sequence's outputs do not depend on its batch-mates.
 Scope (`unsupported` says why a scan is not run): per-sequence reads of float32 inputs on the CPU, with
 the fast step's noise and bound management (`mvm.fast_path_supports`), no input noise or stochastic
 rounding, no PTQ/QAT state quantizer; one or two column groups (y_adc_range), any copies, mapping and
-output noise. `FusedS4D.scan` runs `StaticScan` for the rest. The loops run on one thread, the product
-and the transcendental functions on torch's threads.
+output noise. `FusedS4D.scan` runs `StaticScan` for the rest. Everything runs on torch's threads: the
+product and the transcendental functions in torch, the loops over the crossbars split between as many
+of numba's threads (`loop_parts`).
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ import math
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
 
+from ..threads import numba_threads
 from .draws import FMIX, LANE_STRIDE, MASK, counter
 from .kernel import StaticScan, compiled_scan_unsupported, scan_inputs
 from .mvm import attempt_scales, bound_management_attempts, converter_step, noise_management_code
@@ -80,9 +82,10 @@ def _ranged(v, r, has_range):
 
 
 # Each loop below is a function of one crossbar h; the functions after them (`_noise_management`, `_dac`,
-# `uniforms`, `_read`, `_finish`) call it for every crossbar in turn. Not in a parallel loop (numba's
-# prange): its compiled body vectorized less well, and a read took three times as long on one thread
-# (measured); the step's product and transcendental functions are torch's, on torch's threads.
+# `uniforms`, `_read`, `_finish`) split the crossbars into one contiguous part per thread (numba's prange
+# over the parts) and call it for every crossbar of a part in turn. A crossbar's loop is the same compiled
+# code at any thread count, and crossbars share nothing they write, so the outputs do not depend on the
+# threads. (A prange over the crossbars themselves vectorized less well: a read took three times as long.)
 @njit(cache=True, error_model="numpy")
 def _crossbar_noise_management(h, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
     """Noise management per vector of crossbar h (nm_kind 1 abs max, 2 max, of its inputs through the input
@@ -222,49 +225,70 @@ def _crossbar_finish(h, out, silent, any_silent, factors, incremental, register,
                 target[b] = v
 
 
-@njit(cache=True, error_model="numpy")
-def _noise_management(u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
+@njit(cache=True, error_model="numpy", inline="always")
+def _part(part, parts, H):
+    """The crossbars [start, stop) of one of `parts` contiguous parts of H."""
+    return part * H // parts, (part + 1) * H // parts
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _noise_management(parts, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
     """`_crossbar_noise_management` of every crossbar."""
-    for h in range(register.shape[0]):
-        _crossbar_noise_management(h, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent)
+    H = register.shape[0]
+    for part in prange(parts):
+        start, stop = _part(part, parts, H)
+        for h in range(start, stop):
+            _crossbar_noise_management(h, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent)
 
 
-@njit(cache=True, error_model="numpy")
-def _dac(u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac, in_step, clip, in_bound, x64):
+@njit(cache=True, error_model="numpy", parallel=True)
+def _dac(parts, u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac, in_step, clip, in_bound, x64):
     """`_crossbar_dac` of every crossbar."""
-    for h in range(register.shape[0]):
-        _crossbar_dac(h, u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac, in_step,
-                      clip, in_bound, x64)
+    H = register.shape[0]
+    for part in prange(parts):
+        start, stop = _part(part, parts, H)
+        for h in range(start, stop):
+            _crossbar_dac(h, u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac,
+                          in_step, clip, in_bound, x64)
 
 
-@njit(cache=True, error_model="numpy")
-def uniforms(keys, read, radius, angle):
+@njit(cache=True, error_model="numpy", parallel=True)
+def uniforms(parts, keys, read, radius, angle):
     """`_crossbar_uniforms` of every crossbar, from the sequences' keys and the read's counter."""
     base = np.empty(keys.shape[0], np.uint64)
     for b in range(keys.shape[0]):
         base[b] = _hash32(U64(keys[b]) ^ read)
-    for h in range(radius.shape[0]):
-        _crossbar_uniforms(h, base, radius, angle)
+    H = radius.shape[0]
+    for part in prange(parts):
+        start, stop = _part(part, parts, H)
+        for h in range(start, stop):
+            _crossbar_uniforms(h, base, radius, angle)
 
 
-@njit(cache=True, error_model="numpy")
-def _read(out64, radius, cos, sin, strength, noise, adc, out_step, clip, out_bound, check, per_vector,
+@njit(cache=True, error_model="numpy", parallel=True)
+def _read(parts, out64, radius, cos, sin, strength, noise, adc, out_step, clip, out_bound, check, per_vector,
           inverse, reduction, factor, out_scale, last, pending, trial, out, first_column):
     """`_crossbar_read` of every crossbar; returns how many vectors are still pending."""
-    left = np.zeros(out64.shape[0], np.int64)
-    for h in range(out64.shape[0]):
-        left[h] = _crossbar_read(
-            h, out64, radius, cos, sin, strength, noise, adc, out_step, clip, out_bound, check, per_vector,
-            inverse, reduction, factor, out_scale, last, pending, trial, out, first_column,
-        )
+    H = out64.shape[0]
+    left = np.zeros(H, np.int64)
+    for part in prange(parts):
+        start, stop = _part(part, parts, H)
+        for h in range(start, stop):
+            left[h] = _crossbar_read(
+                h, out64, radius, cos, sin, strength, noise, adc, out_step, clip, out_bound, check, per_vector,
+                inverse, reduction, factor, out_scale, last, pending, trial, out, first_column,
+            )
     return left.sum()
 
 
-@njit(cache=True, error_model="numpy")
-def _finish(out, silent, any_silent, factors, incremental, register, y):
+@njit(cache=True, error_model="numpy", parallel=True)
+def _finish(parts, out, silent, any_silent, factors, incremental, register, y):
     """`_crossbar_finish` of every crossbar."""
-    for h in range(out.shape[0]):
-        _crossbar_finish(h, out, silent, any_silent, factors, incremental, register, y)
+    H = out.shape[0]
+    for part in prange(parts):
+        start, stop = _part(part, parts, H)
+        for h in range(start, stop):
+            _crossbar_finish(h, out, silent, any_silent, factors, incremental, register, y)
 
 
 def unsupported(kernel, stack, u: torch.Tensor) -> str | None:
@@ -275,6 +299,12 @@ def unsupported(kernel, stack, u: torch.Tensor) -> str | None:
     if u.dtype != torch.float32:
         return "inputs other than float32"
     return compiled_scan_unsupported(kernel, stack)
+
+
+def loop_parts(H: int) -> int:
+    """The parts the loops split H crossbars into: one per thread of torch's (numba's threads set to as
+    many), so that the loops and the product share the cores they are given."""
+    return min(numba_threads(), H)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -316,9 +346,9 @@ class _Group:
         self.out64_array, self.radius_array, self.angle_array = self.out64.numpy(), self.radius.numpy(), self.angle.numpy()
         self.cos_array, self.sin_array = self.cos.numpy(), self.sin.numpy()
 
-    def draw(self, keys: np.ndarray, step: int, attempt: int, index: int) -> None:
+    def draw(self, parts: int, keys: np.ndarray, step: int, attempt: int, index: int) -> None:
         """The radius, cosine and sine of this read's normals (`SequenceDraws.normal_`'s operations)."""
-        uniforms(keys, U64(counter(step, attempt, "output_noise", index)), self.radius_array, self.angle_array)
+        uniforms(parts, keys, U64(counter(step, attempt, "output_noise", index)), self.radius_array, self.angle_array)
         self.radius.log_().mul_(-2.0).sqrt_()
         torch.cos(self.angle, out=self.cos)
         torch.sin(self.angle, out=self.sin)
@@ -334,6 +364,7 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     B, L, H = u.shape
     N = kernel.d_state
     io = stack.io
+    parts = loop_parts(H)
     u_steps = _array(scan_inputs(u))  # (L+1, H, B)
     zeros = np.zeros((H, B), np.float32)
     groups = [_Group(group, H, B) for group in stack.groups]
@@ -354,26 +385,26 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     for t in range(L + 1):
         u_t, u_prev = u_steps[t], u_steps[t - 1] if t > 0 else zeros
         if nm_kind > 0:
-            _noise_management(u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent)
+            _noise_management(parts, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent)
         for index, g in enumerate(groups):
             pending.fill(True)
             for attempt in range(g.attempts):
                 reduction = g.reductions[attempt]
                 _dac(
-                    u_t, u_prev, register, ranges, has_range, inverse, g.per_vector, reduction, g.scales[attempt],
+                    parts, u_t, u_prev, register, ranges, has_range, inverse, g.per_vector, reduction, g.scales[attempt],
                     g.dac, g.in_step, g.in_clip, g.in_bound, x64_array,
                 )
                 torch.bmm(g.weight64, x64, out=g.out64)
                 if g.noise:
-                    g.draw(keys, t, attempt, index)
+                    g.draw(parts, keys, t, attempt, index)
                 left = _read(
-                    g.out64_array, g.radius_array, g.cos_array, g.sin_array, g.strength, g.noise, g.adc, g.out_step, g.clip, g.out_bound, g.check, g.per_vector,
+                    parts, g.out64_array, g.radius_array, g.cos_array, g.sin_array, g.strength, g.noise, g.adc, g.out_step, g.clip, g.out_bound, g.check, g.per_vector,
                     inverse, reduction, g.factors[attempt], g.out_scale, attempt == g.attempts - 1, pending, g.trial,
                     out, g.first_column,
                 )
                 if left == 0:
                     break
-        _finish(out, silent, nm_kind > 0, factors, kernel.incremental, register, y[t])
+        _finish(parts, out, silent, nm_kind > 0, factors, kernel.incremental, register, y[t])
     return torch.from_numpy(y[1:]).permute(2, 0, 1).contiguous()  # (B, L, H): y_t left the crossbar at step t + 1
 
 

@@ -35,18 +35,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ..threads import numba_threads
 from .quantizers import ComplexQuantizer, _kth_largest_rank, _symmetric_steps, grid
-
-# numba's own thread pool: under its OpenMP layer the thread count set here did not hold beside
-# torch's OpenMP runtime (a scan asked to run on one thread was measured on two). The workqueue pool
-# takes parallel launches from one Python thread at a time, as the scans come.
-numba.config.THREADING_LAYER = "workqueue"
 
 # what a quantizer does each step
 NONE, STATIC, DYNAMIC_SYMMETRIC, DYNAMIC_ASYMMETRIC = range(4)
@@ -539,7 +534,7 @@ def compiled_scan(u, A, B, C2, D, quant, x) -> torch.Tensor:
     zeros = np.zeros((2, H), np.float32)
     planes = [_array(p) for p in (A[0], A[1], -A[1], B[0], B[1], C2[0], C2[1])]
     y = np.empty((-(-batch // lanes), L, H, lanes), np.float32)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba_threads()
     _scan_blocks(
         _blocks(u, 0, lanes), *planes, _blocks(x, 1, lanes), y, torch_sum_width(), torch_addcmul_fuses(),
         np.array([s.mode for s in slots], np.int64),
