@@ -53,12 +53,12 @@ columns and the y column of every kernel, the mixing outputs, and the encoder an
 which is linear in the bits and the same for every model and mapping (copies add cells, not conversions).
 
     python studies/adc_sweep.py --quick     # a few minutes on 2 cores (3-epoch models)
-    python studies/adc_sweep.py             # about 2 minutes on 2 cores, training included (1 minute with cached models)
+    python studies/adc_sweep.py             # about 100 s on 2 cores, training included (45 s with cached models)
     python studies/adc_sweep.py --compute cuda   # about 50 s on an H200, training included (17-28 s with cached models)
     python studies/adc_sweep.py --compute cuda --training float ptq qat hwa --mapping direct balanced incremental
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
-The default run compares what works with what does not on pcm, in about 2 minutes on 2 cores,
+The default run compares what works with what does not on pcm, in about 100 s on 2 cores,
 training included: the float and QAT-8 models (--training float qat; add ptq and hwa, whose training
 through 784 recurrent steps wants a GPU) on the direct and incremental mappings (--mapping direct
 incremental; balanced too with --mapping), converters only and the device at 1 h (--noise converters
