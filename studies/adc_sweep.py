@@ -54,7 +54,7 @@ which is linear in the bits and the same for every model and mapping (copies add
 
     python studies/adc_sweep.py --quick     # a few minutes on 2 cores (3-epoch models)
     python studies/adc_sweep.py             # about 100 s on 2 cores, training included (45 s with cached models)
-    python studies/adc_sweep.py --compute cuda   # about 50 s on an H200, training included (17-28 s with cached models)
+    python studies/adc_sweep.py --compute cuda   # about 40 s on an H200, training included (26 s with cached models)
     python studies/adc_sweep.py --compute cuda --training float ptq qat hwa --mapping direct balanced incremental
     python studies/adc_sweep.py --device devices/my_device.py --adc-bits 4 6 8 --bits 8 6 --repeats 5
 
