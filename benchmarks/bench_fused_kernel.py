@@ -43,8 +43,9 @@ from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws, counter
 from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, copies_share_inputs, triton_scan_runs
-from aimc_ssm.analog.numba_scan import loop_parts, uniforms, unsupported
+from aimc_ssm.analog.numba_scan import uniforms, unsupported
 from aimc_ssm.core.s4d import S4D
+from aimc_ssm.threads import match_torch_threads
 
 
 def agreement(y: torch.Tensor, twin: torch.Tensor) -> str:
@@ -216,7 +217,7 @@ class Floor:
             keys = torch.arange(batch, device=device, dtype=torch.int32) * 7919
             if device.type == "cpu":  # the compiled scan's draws: its uniforms, then torch's functions on them
                 self.keys = keys.numpy().view("uint32")
-                self.parts = loop_parts(H)
+                self.parts = min(match_torch_threads(), H)  # the compiled scan's parts of the crossbars
                 self.uniforms = [torch.empty(H, (N + 2) // 2, batch) for _ in range(4)]  # radius, angle, cos, sin
             else:
                 self.sequence_draws = SequenceDraws(keys)

@@ -23,7 +23,7 @@ run all L steps side by side, one vector operation across a block's sequences fo
 a step, bit for bit the eager scan (`eager_scan`). It is compiled once (about 30 s, by setup.sh, into
 the package's __pycache__); the warm-up call keeps a compilation out of the timing anyway.
 Measured on the project's 2-core CPU (shared with other jobs), one thread: static ranges 28-35x,
-dynamic 21-34x, partial products 30-35x; two threads: 48-72x, 36-50x, 60-82x (the reference's time
+dynamic 22-34x, partial products 30-35x; two threads: 48-72x, 36-50x, 60-82x (the reference's time
 varies by a third from run to run); the eager scan alone took 10-14x, 7-9x and 10-16x. What bounds the
 compiled loop: the state's true division by its grid step, twice per mode (x / scale must be a true
 division to round as the quantizer does): rounding the state onto its static grid took 40 % of a

@@ -16,6 +16,7 @@ from aimc_ssm.analog.kernel import StaticScan
 from aimc_ssm.analog.numba_scan import _dac, _read, fused_scan, fused_scan_ref, unsupported
 from aimc_ssm.quant.precision import PrecisionSpec
 from aimc_ssm.quant.quantize import quantize_
+from aimc_ssm.threads import match_torch_threads
 
 H, L = 3, 24
 # without the converters' rounding the last bit of every operation reaches the outputs (the Triton tests
@@ -31,6 +32,12 @@ CPU_SETTINGS = {
         "pcm", {**UNROUNDED, "dac_bits": 0, "forward.out_noise_std": 0.3}, {"copies": 2}, "balanced",
     ),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numba_threads_started_beside_torch():
+    """Tests that call the loops directly start numba's thread pool as the scans do, leaving torch's threads."""
+    match_torch_threads()
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +100,12 @@ def test_the_outputs_do_not_depend_on_how_the_loops_split_the_crossbars(inputs, 
     fused = kernel(inputs, "no ADC rounding, abs-max and iterative management, y range")  # every loop, two groups
     twin = fused_scan_ref(fused, fused.crossbar_stack(inputs), inputs)
 
-    def split(H):  # every thread numba has, H = 3 crossbars in `parts` parts (2: one of one, one of two)
+    def split():  # every thread numba has, H = 3 crossbars in `parts` parts (2: one of one, one of two)
+        match_torch_threads()
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         return parts
 
-    monkeypatch.setattr(numba_scan, "loop_parts", split)
+    monkeypatch.setattr(numba_scan, "match_torch_threads", split)
     assert torch.equal(fused_scan(fused, fused.crossbar_stack(inputs), inputs), twin)
 
 

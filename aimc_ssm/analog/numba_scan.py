@@ -35,7 +35,7 @@ the fast step's noise and bound management (`mvm.fast_path_supports`), no input 
 rounding, no PTQ/QAT state quantizer; one or two column groups (y_adc_range), any copies, mapping and
 output noise. `FusedS4D.scan` runs `StaticScan` for the rest. Everything runs on torch's threads: the
 product and the transcendental functions in torch, the loops over the crossbars split between as many
-of numba's threads (`loop_parts`).
+of numba's threads (`threads.match_torch_threads`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ..threads import numba_threads
+from ..threads import match_torch_threads
 from .draws import FMIX, LANE_STRIDE, MASK, counter
 from .kernel import StaticScan, compiled_scan_unsupported, scan_inputs
 from .mvm import attempt_scales, bound_management_attempts, converter_step, noise_management_code
@@ -82,10 +82,10 @@ def _ranged(v, r, has_range):
 
 
 # Each loop below is a function of one crossbar h; the functions after them (`_noise_management`, `_dac`,
-# `uniforms`, `_read`, `_finish`) split the crossbars into one contiguous part per thread (numba's prange
-# over the parts) and call it for every crossbar of a part in turn. A crossbar's loop is the same compiled
-# code at any thread count, and crossbars share nothing they write, so the outputs do not depend on the
-# threads. (A prange over the crossbars themselves vectorized less well: a read took three times as long.)
+# `uniforms`, `_read`, `_finish`) split the crossbars into `parts` contiguous parts, one per thread (numba's
+# prange over the parts), and call it for every crossbar of a part in turn. A crossbar's loop is the same
+# compiled code in any part, and crossbars share nothing they write, so the outputs do not depend on the
+# split; the split is explicit so that the tests can vary it beyond the machine's threads.
 @njit(cache=True, error_model="numpy")
 def _crossbar_noise_management(h, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
     """Noise management per vector of crossbar h (nm_kind 1 abs max, 2 max, of its inputs through the input
@@ -233,7 +233,7 @@ def _part(part, parts, H):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _noise_management(parts, u_t, u_prev, register, ranges, has_range, nm_kind, nm_thres, inverse, silent):
-    """`_crossbar_noise_management` of every crossbar."""
+    """`_crossbar_noise_management` of every crossbar, in `parts` parts."""
     H = register.shape[0]
     for part in prange(parts):
         start, stop = _part(part, parts, H)
@@ -243,7 +243,7 @@ def _noise_management(parts, u_t, u_prev, register, ranges, has_range, nm_kind, 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _dac(parts, u_t, u_prev, register, ranges, has_range, inverse, per_vector, reduction, scale, dac, in_step, clip, in_bound, x64):
-    """`_crossbar_dac` of every crossbar."""
+    """`_crossbar_dac` of every crossbar, in `parts` parts."""
     H = register.shape[0]
     for part in prange(parts):
         start, stop = _part(part, parts, H)
@@ -254,7 +254,7 @@ def _dac(parts, u_t, u_prev, register, ranges, has_range, inverse, per_vector, r
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def uniforms(parts, keys, read, radius, angle):
-    """`_crossbar_uniforms` of every crossbar, from the sequences' keys and the read's counter."""
+    """`_crossbar_uniforms` of every crossbar, in `parts` parts, from the sequences' keys and the read's counter."""
     base = np.empty(keys.shape[0], np.uint64)
     for b in range(keys.shape[0]):
         base[b] = _hash32(U64(keys[b]) ^ read)
@@ -268,7 +268,7 @@ def uniforms(parts, keys, read, radius, angle):
 @njit(cache=True, error_model="numpy", parallel=True)
 def _read(parts, out64, radius, cos, sin, strength, noise, adc, out_step, clip, out_bound, check, per_vector,
           inverse, reduction, factor, out_scale, last, pending, trial, out, first_column):
-    """`_crossbar_read` of every crossbar; returns how many vectors are still pending."""
+    """`_crossbar_read` of every crossbar, in `parts` parts; returns how many vectors are still pending."""
     H = out64.shape[0]
     left = np.zeros(H, np.int64)
     for part in prange(parts):
@@ -283,7 +283,7 @@ def _read(parts, out64, radius, cos, sin, strength, noise, adc, out_step, clip, 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _finish(parts, out, silent, any_silent, factors, incremental, register, y):
-    """`_crossbar_finish` of every crossbar."""
+    """`_crossbar_finish` of every crossbar, in `parts` parts."""
     H = out.shape[0]
     for part in prange(parts):
         start, stop = _part(part, parts, H)
@@ -299,12 +299,6 @@ def unsupported(kernel, stack, u: torch.Tensor) -> str | None:
     if u.dtype != torch.float32:
         return "inputs other than float32"
     return compiled_scan_unsupported(kernel, stack)
-
-
-def loop_parts(H: int) -> int:
-    """The parts the loops split H crossbars into: one per thread of torch's (numba's threads set to as
-    many), so that the loops and the product share the cores they are given."""
-    return min(numba_threads(), H)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -364,7 +358,7 @@ def fused_scan(kernel, stack, u: torch.Tensor) -> torch.Tensor:
     B, L, H = u.shape
     N = kernel.d_state
     io = stack.io
-    parts = loop_parts(H)
+    parts = min(match_torch_threads(), H)  # the loops' parts of the crossbars, one per torch thread
     u_steps = _array(scan_inputs(u))  # (L+1, H, B)
     zeros = np.zeros((H, B), np.float32)
     groups = [_Group(group, H, B) for group in stack.groups]

@@ -40,7 +40,7 @@ import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ..threads import numba_threads
+from ..threads import match_torch_threads
 from .quantizers import ComplexQuantizer, _kth_largest_rank, _symmetric_steps, grid
 
 # what a quantizer does each step
@@ -534,7 +534,7 @@ def compiled_scan(u, A, B, C2, D, quant, x) -> torch.Tensor:
     zeros = np.zeros((2, H), np.float32)
     planes = [_array(p) for p in (A[0], A[1], -A[1], B[0], B[1], C2[0], C2[1])]
     y = np.empty((-(-batch // lanes), L, H, lanes), np.float32)
-    numba_threads()
+    match_torch_threads()
     _scan_blocks(
         _blocks(u, 0, lanes), *planes, _blocks(x, 1, lanes), y, torch_sum_width(), torch_addcmul_fuses(),
         np.array([s.mode for s in slots], np.int64),
