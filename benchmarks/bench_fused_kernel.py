@@ -43,7 +43,7 @@ from aimc_ssm.analog.deploy import program
 from aimc_ssm.analog.devices import load_device, parse_settings
 from aimc_ssm.analog.draws import SequenceDraws, counter
 from aimc_ssm.analog.kernel import GRAPH_STEPS, FusedS4D, StaticScan, copies_share_inputs, triton_scan_runs
-from aimc_ssm.analog.numba_scan import uniforms, unsupported
+from aimc_ssm.analog.numba_scan import box_muller, unsupported
 from aimc_ssm.core.s4d import S4D
 from aimc_ssm.threads import match_torch_threads
 
@@ -215,7 +215,7 @@ class Floor:
             self.inp_t, self.inp64 = self.inp.transpose(1, 2).contiguous(), self.inp.double().transpose(1, 2).contiguous()
             self.out64, self.out_t = torch.empty(H, N + 1, batch, dtype=torch.float64, device=device), torch.empty(H, N + 1, batch, device=device)
             keys = torch.arange(batch, device=device, dtype=torch.int32) * 7919
-            if device.type == "cpu":  # the compiled scan's draws: its uniforms, then torch's functions on them
+            if device.type == "cpu":  # the compiled scan's draws: its uniforms, then torch's functions on them (`box_muller`)
                 self.keys = keys.numpy().view("uint32")
                 self.parts = min(match_torch_threads(), H)  # the compiled scan's parts of the crossbars
                 self.uniforms = [torch.empty(H, (N + 2) // 2, batch) for _ in range(4)]  # radius, angle, cos, sin
@@ -231,11 +231,7 @@ class Floor:
             return
         self.out_t.copy_(torch.bmm(self.weight64, self.inp64.copy_(self.inp_t), out=self.out64))
         if self.draws and self.out.device.type == "cpu":
-            radius, angle, cos, sin = self.uniforms
-            uniforms(self.parts, self.keys, numpy.uint64(counter(self.step, 0, "output_noise", 0)), radius.numpy(), angle.numpy())
-            radius.log_().mul_(-2.0).sqrt_()
-            torch.cos(angle, out=cos)
-            torch.sin(angle, out=sin)
+            box_muller(self.parts, self.keys, numpy.uint64(counter(self.step, 0, "output_noise", 0)), *self.uniforms)
         elif self.draws:
             self.sequence_draws.normal_(self.noise, self.step, 0, "output_noise", 0)
         if isinstance(self.step, int):

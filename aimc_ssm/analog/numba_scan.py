@@ -301,6 +301,16 @@ def unsupported(kernel, stack, u: torch.Tensor) -> str | None:
     return compiled_scan_unsupported(kernel, stack)
 
 
+def box_muller(parts: int, keys: np.ndarray, read: np.uint64, radius, angle, cos, sin) -> None:
+    """One read's normals as the loops take them (`SequenceDraws.normal_`'s operations): `uniforms` from the
+    sequences' keys (uint32) and the read's counter into radius and angle (H, P, B), then torch's
+    radius = sqrt(-2 log radius) and the angle's cos and sin, each (H, P, B)."""
+    uniforms(parts, keys, read, radius.numpy(), angle.numpy())
+    radius.log_().mul_(-2.0).sqrt_()
+    torch.cos(angle, out=cos)
+    torch.sin(angle, out=sin)
+
+
 def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -337,15 +347,13 @@ class _Group:
         self.scales, self.factors = [F32(v) for v in scales], [F32(v) for v in factors]
         self.reductions = [F32(2.0**a) for a in range(self.attempts)]
         self.out_scale = F32(1.0 if perfect else io.out_scale)
-        self.out64_array, self.radius_array, self.angle_array = self.out64.numpy(), self.radius.numpy(), self.angle.numpy()
+        self.out64_array, self.radius_array = self.out64.numpy(), self.radius.numpy()
         self.cos_array, self.sin_array = self.cos.numpy(), self.sin.numpy()
 
     def draw(self, parts: int, keys: np.ndarray, step: int, attempt: int, index: int) -> None:
-        """The radius, cosine and sine of this read's normals (`SequenceDraws.normal_`'s operations)."""
-        uniforms(parts, keys, U64(counter(step, attempt, "output_noise", index)), self.radius_array, self.angle_array)
-        self.radius.log_().mul_(-2.0).sqrt_()
-        torch.cos(self.angle, out=self.cos)
-        torch.sin(self.angle, out=self.sin)
+        """The radius, cosine and sine of this read's normals (`box_muller`)."""
+        read = U64(counter(step, attempt, "output_noise", index))
+        box_muller(parts, keys, read, self.radius, self.angle, self.cos, self.sin)
 
 
 @torch.no_grad()
